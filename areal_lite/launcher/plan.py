@@ -1,0 +1,246 @@
+"""The placement plan: every process of a run, with its command line, environment, host and devices.
+
+All launchers build the same plan from the config and differ only in how they start it (local
+processes, Ray actors, Slurm steps). `--dry-run` prints it. Secrets are passed in the environment,
+never on a command line we generate for our own processes, and are redacted when printed.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shlex
+import socket
+import sys
+import uuid
+from dataclasses import dataclass, field
+
+from areal_lite.config.schema import ExperimentConfig, resolved_trainer_world_size, run_dir
+from areal_lite.utils.runenv import RunEnv, redact_env
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass
+class ProcessSpec:
+    name: str  # server0 | trainer | trainer-node1 | worker0 | prepare
+    role: str  # server | trainer | rollout | prepare
+    cmd: list[str]
+    env: dict[str, str] = field(default_factory=dict)  # added to the launcher's environment
+    host: str = "localhost"  # node label ("node0", ...) or hostname
+    node_index: int = 0
+    devices: list[int] = field(default_factory=list)
+    port: int | None = None  # HTTP port of a server
+    health_url: str | None = None
+
+    def describe(self) -> str:
+        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(redact_env(self.env).items()))
+        devices = ",".join(map(str, self.devices)) if self.devices else "-"
+        return f"[{self.name}] role={self.role} host={self.host} devices={devices}\n  env: {env}\n  cmd: {shlex.join(self.cmd)}"
+
+
+@dataclass
+class Plan:
+    run_id: str
+    run_dir: str
+    config_path: str
+    servers: list[ProcessSpec]
+    trainers: list[ProcessSpec]
+    workers: list[ProcessSpec]
+    server_urls: list[str]
+    secret: bytes | None = None
+
+    def all(self) -> list[ProcessSpec]:
+        return [*self.servers, *self.trainers, *self.workers]
+
+    def describe(self) -> str:
+        lines = [
+            f"run {self.run_id}: {len(self.servers)} server(s), {len(self.trainers)} trainer node(s), "
+            f"{len(self.workers)} rollout worker(s)",
+            f"run directory: {self.run_dir}",
+            f"config: {self.config_path}",
+        ]
+        lines += [p.describe() for p in self.all()]
+        return "\n".join(lines)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """An unused TCP port on `host` (the OS picks it; the window until it is bound is tiny)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host if host not in ("0.0.0.0", "") else "", 0))
+        return s.getsockname()[1]
+
+
+class PortPicker:
+    """Distinct free ports for one launch (never the same port twice, even before it is bound)."""
+
+    def __init__(self, host: str = "127.0.0.1", fixed: list[int] | None = None):
+        self.host = host
+        self.fixed = list(fixed or [])
+        self.used: set[int] = set()
+
+    def __call__(self) -> int:
+        if self.fixed:
+            port = self.fixed.pop(0)
+        else:
+            port = free_port(self.host)
+            while port in self.used:
+                port = free_port(self.host)
+        self.used.add(port)
+        return port
+
+
+def multi_host(cfg: ExperimentConfig) -> bool:
+    return cfg.cluster.n_nodes > 1 or cfg.cluster.bind_host not in LOOPBACK
+
+
+def torch_threads(cfg: ExperimentConfig, cores: int) -> int:
+    """Threads per torch-heavy process: the cores divided among servers and trainer ranks (CPU)."""
+    if cfg.launcher.torch_threads > 0:
+        return cfg.launcher.torch_threads
+    heavy = cfg.allocation.inference.num_servers + resolved_trainer_world_size(cfg)
+    return max(1, cores // max(1, heavy))
+
+
+def server_command(cfg: ExperimentConfig, *, host: str, port: int, seed: int, weights_dir: str,
+                   model_path: str | None = None, weight_version: int = 0) -> list[str]:
+    """The command line of one inference server (embedded engine or SGLang)."""
+    path = model_path or cfg.actor.path
+    if cfg.allocation.inference.backend == "sglang":
+        from areal_lite.inference.sglang import build_sglang_command
+
+        return build_sglang_command(cfg, model_path=path, host=host, port=port, seed=seed)
+    return [
+        sys.executable, "-m", "areal_lite.inference.launch_server",
+        "--model-path", path,
+        "--host", host,
+        "--port", str(port),
+        "--skip-tokenizer-init",
+        "--context-length", str(cfg.server.context_length),
+        "--max-running-requests", str(cfg.server.max_running_requests),
+        "--dtype", cfg.server.dtype,
+        "--random-seed", str(seed),
+        "--device", cfg.allocation.device,
+        "--weight-version", str(weight_version),
+        "--allowed-weight-dir", weights_dir,
+    ]
+
+
+def build_plan(
+    cfg: ExperimentConfig,
+    entry: str,
+    *,
+    config_path: str,
+    hosts: list[str] | None = None,
+    ports: PortPicker | None = None,
+    run_id: str | None = None,
+    cores: int | None = None,
+    python: str = sys.executable,
+) -> Plan:
+    """Place servers, trainer ranks and rollout workers on `hosts` (default: this machine).
+
+    GPU placement per node: inference servers first (tp_size devices each), then trainer ranks on
+    whole nodes after the servers' nodes fill up; on CPU everything shares the node.
+    """
+    hosts = hosts or ["localhost"]
+    ports = ports or PortPicker()
+    run_id = run_id or uuid.uuid4().hex[:12]
+    cores = cores or cfg.cluster.n_cpus_per_node or os.cpu_count() or 1
+    rdir = os.path.abspath(run_dir(cfg))
+    weights_dir = os.path.join(rdir, "weights")
+    spans_hosts = multi_host(cfg)
+    secret = secrets.token_bytes(32) if spans_hosts else None
+    api_key = secrets.token_hex(16) if spans_hosts else None
+    bind = cfg.cluster.bind_host
+    al = cfg.allocation
+    gpu = al.device == "cuda"
+    gpus_per_node = cfg.cluster.n_gpus_per_node
+    threads = str(torch_threads(cfg, cores))
+
+    base_env = {
+        "OMP_NUM_THREADS": threads if not gpu else "4",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONUNBUFFERED": "1",
+        **{k: str(v) for k, v in cfg.launcher.env.items()},
+    }
+
+    # Device slots: (node index, device index) in fill order.
+    slots = [(n, d) for n in range(len(hosts)) for d in range(gpus_per_node)] if gpu else []
+
+    servers: list[ProcessSpec] = []
+    urls: list[str] = []
+    per_server = al.inference.tp_size if (gpu and al.inference.backend == "sglang") else (1 if gpu else 0)
+    for i in range(al.inference.num_servers):
+        devices: list[int] = []
+        node = 0
+        if gpu:
+            take, slots = slots[:per_server], slots[per_server:]
+            node = take[0][0]
+            devices = [d for _, d in take]
+        host = hosts[node]
+        port = ports()
+        url_host = "127.0.0.1" if host == "localhost" else host
+        env = dict(base_env)
+        if gpu:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, devices))
+        if api_key:
+            env["AREAL_LITE_API_KEY"] = api_key
+        cmd = server_command(cfg, host=bind, port=port, seed=cfg.seed * 1000 + i, weights_dir=weights_dir)
+        url = f"http://{url_host}:{port}"
+        urls.append(url)
+        servers.append(ProcessSpec(f"server{i}", "server", cmd, env, host, node, devices, port, f"{url}/health"))
+
+    # Trainer: whole nodes after the servers (GPU), or node 0 (CPU).
+    t = al.trainer
+    trainer_nodes = list(range(len(hosts)))
+    if gpu:
+        used_nodes = sorted({n for n, _ in slots})
+        trainer_nodes = used_nodes[: t.nnodes] if len(used_nodes) >= t.nnodes else trainer_nodes[-t.nnodes:]
+    else:
+        trainer_nodes = trainer_nodes[: t.nnodes]
+    head = trainer_nodes[0]
+    head_host = "127.0.0.1" if hosts[head] == "localhost" else hosts[head]
+    traj_port, ctrl_port, pub_port, master_port, sync_port = ports(), ports(), ports(), ports(), ports()
+    run_env = RunEnv(
+        role="trainer",
+        run_id=run_id,
+        run_dir=rdir,
+        secret=secret,
+        api_key=api_key,
+        server_addrs=urls,
+        controller_host=head_host,
+        trajectory_port=traj_port,
+        control_port=ctrl_port,
+        broadcast_port=pub_port,
+        weight_sync_port=sync_port,
+    )
+    trainers: list[ProcessSpec] = []
+    for k, node in enumerate(trainer_nodes):
+        devices: list[int] = []
+        if gpu:
+            devices = [d for n, d in slots if n == node][: t.nproc_per_node]
+        env = {**base_env, **run_env.to_environ()}
+        if gpu:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, devices))
+        cmd = [
+            python, "-m", "torch.distributed.run",
+            "--nnodes", str(t.nnodes),
+            "--nproc-per-node", str(t.nproc_per_node),
+            "--node-rank", str(k),
+            "--master-addr", head_host,
+            "--master-port", str(master_port),
+            "--max-restarts", "0",
+            entry, "--config", config_path,
+        ]
+        name = "trainer" if k == 0 else f"trainer-node{k}"
+        trainers.append(ProcessSpec(name, "trainer", cmd, env, hosts[node], node, devices))
+
+    workers: list[ProcessSpec] = []
+    for i in range(al.rollout.num_workers):
+        env = {**base_env, **run_env.to_environ(), "OMP_NUM_THREADS": "1"}
+        env["AREAL_LITE_ROLE"] = "rollout"
+        env["AREAL_LITE_WORKER_INDEX"] = str(i)
+        node = trainer_nodes[0]
+        workers.append(ProcessSpec(f"worker{i}", "rollout", [python, entry, "--config", config_path], env,
+                                   hosts[node], node))
+    return Plan(run_id, rdir, config_path, servers, trainers, workers, urls, secret)

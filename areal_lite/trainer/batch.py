@@ -1,0 +1,212 @@
+"""Training batches: groups → sequences → data-parallel shards → token-budget micro-batches.
+
+Every rank holds the whole batch's metadata (it is small: token ids and a few floats per token), so
+advantages, loss denominators and the rank/micro-batch layout are computed identically everywhere
+without communication; each rank then runs forward/backward on its own shard only.
+
+Micro-batches are packed: a micro-batch's sequences are concatenated into one row with position ids
+restarting at 0 per sequence, which transformers turns into a block-diagonal causal mask (no
+padding, no cross-sequence attention). Per-token results are scattered back to a padded `[B, T]`
+layout for the algorithm functions, which is cheap (one float per token, never the logits).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+
+
+@dataclass
+class SeqBatch:
+    """A batch of sequences as flat token arrays with offsets (the wire layout, concatenated)."""
+
+    input_ids: np.ndarray  # [N] int64, all sequences back to back
+    loss_mask: np.ndarray  # [N] bool
+    behav_logp: np.ndarray  # [N] float32
+    versions: np.ndarray  # [N] int32
+    seqlens: np.ndarray  # [B] int64
+    prompt_lens: np.ndarray  # [B] int64
+    rewards: np.ndarray  # [B] float64 (raw outcome rewards)
+    group_ids: np.ndarray  # [B] int64 (index of the group within the batch)
+    truncated: np.ndarray  # [B] bool (finish_reason == "length")
+    prompt_ids: list[str] = field(default_factory=list)  # [B]
+
+    @property
+    def offsets(self) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum(self.seqlens)])
+
+    @property
+    def num_seqs(self) -> int:
+        return int(self.seqlens.shape[0])
+
+    def gen_lens(self) -> np.ndarray:
+        """Generated (trained) tokens per sequence."""
+        off = self.offsets
+        return np.add.reduceat(self.loss_mask.astype(np.int64), off[:-1]) if self.num_seqs else np.zeros(0, np.int64)
+
+    def select(self, idx: Sequence[int]) -> "SeqBatch":
+        idx = np.asarray(idx, dtype=np.int64)
+        off = self.offsets
+        token_idx = (
+            np.concatenate([np.arange(off[i], off[i + 1]) for i in idx]) if len(idx) else np.zeros(0, np.int64)
+        )
+        return SeqBatch(
+            input_ids=self.input_ids[token_idx],
+            loss_mask=self.loss_mask[token_idx],
+            behav_logp=self.behav_logp[token_idx],
+            versions=self.versions[token_idx],
+            seqlens=self.seqlens[idx],
+            prompt_lens=self.prompt_lens[idx],
+            rewards=self.rewards[idx],
+            group_ids=self.group_ids[idx],
+            truncated=self.truncated[idx],
+            prompt_ids=[self.prompt_ids[i] for i in idx],
+        )
+
+
+def batch_from_groups(groups: Sequence) -> SeqBatch:
+    """Concatenate trajectory groups (transport `TrajectoryGroup`s) into one SeqBatch."""
+    ids, mask, blp, ver, seqlens, plens, rewards, gids, trunc, pids = [], [], [], [], [], [], [], [], [], []
+    for gi, g in enumerate(groups):
+        ids.append(g.input_ids.astype(np.int64))
+        mask.append(g.loss_mask.astype(bool))
+        blp.append(g.behav_logp.astype(np.float32))
+        ver.append(g.versions.astype(np.int32))
+        seqlens.append(g.seqlens.astype(np.int64))
+        for s in g.samples:
+            plens.append(int(s["prompt_len"]))
+            rewards.append(float(s["reward"]))
+            trunc.append(s.get("finish_reason") == "length")
+            gids.append(gi)
+            pids.append(g.prompt_id)
+    cat = np.concatenate
+    return SeqBatch(
+        input_ids=cat(ids),
+        loss_mask=cat(mask),
+        behav_logp=cat(blp),
+        versions=cat(ver),
+        seqlens=cat(seqlens),
+        prompt_lens=np.asarray(plens, np.int64),
+        rewards=np.asarray(rewards, np.float64),
+        group_ids=np.asarray(gids, np.int64),
+        truncated=np.asarray(trunc, bool),
+        prompt_ids=pids,
+    )
+
+
+def balance_across_ranks(lengths: Sequence[int], world_size: int) -> list[list[int]]:
+    """Assign sequence indices to ranks so that token counts are as even as possible (LPT greedy).
+
+    Deterministic, so every rank computes the same assignment. Sequences of one group may land on
+    different ranks; nothing in the algorithm needs them together (statistics come from the whole
+    batch every rank holds).
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    loads = [0] * world_size
+    shards: list[list[int]] = [[] for _ in range(world_size)]
+    for i in order:
+        r = min(range(world_size), key=lambda k: (loads[k], len(shards[k]), k))
+        shards[r].append(i)
+        loads[r] += lengths[i]
+    return [sorted(s) for s in shards]
+
+
+def pack_microbatches(lengths: Sequence[int], indices: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """First-fit-decreasing packing of `indices` into micro-batches of at most `max_tokens` tokens."""
+    bins: list[list[int]] = []
+    loads: list[int] = []
+    for i in sorted(indices, key=lambda i: (-lengths[i], i)):
+        if lengths[i] > max_tokens:
+            raise ValueError(f"a sequence of {lengths[i]} tokens exceeds max_tokens_per_mb={max_tokens}")
+        for b in range(len(bins)):
+            if loads[b] + lengths[i] <= max_tokens:
+                bins[b].append(i)
+                loads[b] += lengths[i]
+                break
+        else:
+            bins.append([i])
+            loads.append(lengths[i])
+    return [sorted(b) for b in bins]
+
+
+def chunk_microbatches(lengths: Sequence[int], indices: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """Padded layout: consecutive sequences while B·max_len stays within `max_tokens` (no sorting)."""
+    bins: list[list[int]] = []
+    cur: list[int] = []
+    cur_max = 0
+    for i in indices:
+        new_max = max(cur_max, lengths[i])
+        if cur and new_max * (len(cur) + 1) > max_tokens:
+            bins.append(cur)
+            cur, cur_max = [], 0
+            new_max = lengths[i]
+        cur.append(i)
+        cur_max = new_max
+    if cur:
+        bins.append(cur)
+    return bins
+
+
+@dataclass
+class MicroBatch:
+    """Model inputs of one micro-batch and the map from model tokens back to `[B, T]` rows."""
+
+    input_ids: torch.Tensor  # [R, L] packed (R = 1) or padded (R = B)
+    position_ids: torch.Tensor  # [R, L]
+    attention_mask: torch.Tensor | None  # [R, L] for the padded layout, None when packed
+    seq_index: list[int]  # batch indices of the sequences, in row order
+    row: torch.Tensor  # [n] row in the [B, T] layout of each real token
+    col: torch.Tensor  # [n] column in the [B, T] layout of each real token
+    flat: torch.Tensor  # [n] position of each real token in the flattened model input
+    max_len: int
+    num_real_tokens: int
+    num_model_tokens: int  # including padding
+
+
+def build_microbatch(batch: SeqBatch, seq_index: Sequence[int], *, packed: bool, device: torch.device) -> MicroBatch:
+    off = batch.offsets
+    lens = [int(batch.seqlens[i]) for i in seq_index]
+    max_len = max(lens) if lens else 1
+    token_idx = np.concatenate([np.arange(off[i], off[i + 1]) for i in seq_index]) if lens else np.zeros(0, np.int64)
+    rows = np.concatenate([np.full(n, r) for r, n in enumerate(lens)]) if lens else np.zeros(0, np.int64)
+    cols = np.concatenate([np.arange(n) for n in lens]) if lens else np.zeros(0, np.int64)
+    ids = torch.from_numpy(batch.input_ids[token_idx])
+    if packed:
+        input_ids = ids.view(1, -1)
+        position_ids = torch.from_numpy(cols).view(1, -1)
+        attention_mask = None
+        flat = torch.arange(len(token_idx))
+        model_tokens = len(token_idx)
+    else:
+        input_ids = torch.zeros(len(lens), max_len, dtype=torch.long)
+        attention_mask = torch.zeros(len(lens), max_len, dtype=torch.long)
+        input_ids[rows, cols] = ids
+        attention_mask[rows, cols] = 1
+        position_ids = torch.arange(max_len).expand(len(lens), -1).contiguous()
+        flat = torch.from_numpy(rows * max_len + cols)
+        model_tokens = len(lens) * max_len
+    return MicroBatch(
+        input_ids=input_ids.to(device),
+        position_ids=position_ids.to(device),
+        attention_mask=None if attention_mask is None else attention_mask.to(device),
+        seq_index=list(seq_index),
+        row=torch.from_numpy(rows).to(device),
+        col=torch.from_numpy(cols).to(device),
+        flat=flat.to(device),
+        max_len=max_len,
+        num_real_tokens=len(token_idx),
+        num_model_tokens=model_tokens,
+    )
+
+
+def token_values_to_rows(batch: SeqBatch, seq_index: Sequence[int], values: np.ndarray, max_len: int) -> torch.Tensor:
+    """Scatter a per-token array of the whole batch into `[len(seq_index), max_len]` rows (0-padded)."""
+    off = batch.offsets
+    out = torch.zeros(len(seq_index), max_len, dtype=torch.from_numpy(values[:0]).dtype)
+    for r, i in enumerate(seq_index):
+        seg = values[off[i] : off[i + 1]]
+        out[r, : len(seg)] = torch.from_numpy(np.ascontiguousarray(seg))
+    return out

@@ -1,0 +1,51 @@
+"""Moving a step's batch from rank 0 (which owns the controller) to every trainer rank.
+
+Bytes travel as a uint8 tensor broadcast (no `broadcast_object_list`, which pickles); the groups are
+encoded with the transport codec, the same msgpack + raw-array format they arrived in.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import msgpack
+import torch
+import torch.distributed as dist
+
+from areal_lite.transport import Codec, TrajectoryGroup
+
+_CODEC = Codec("trainer-internal")
+
+
+def broadcast_bytes(payload: bytes | None, *, src: int = 0) -> bytes:
+    """`payload` from rank `src` on every rank (collective; other ranks pass None)."""
+    if dist.get_world_size() == 1:
+        assert payload is not None
+        return payload
+    size = torch.tensor([len(payload) if payload is not None else 0], dtype=torch.int64)
+    dist.broadcast(size, src=src)
+    buf = torch.empty(int(size.item()), dtype=torch.uint8)
+    if dist.get_rank() == src:
+        assert payload is not None
+        buf.copy_(torch.frombuffer(bytearray(payload), dtype=torch.uint8))
+    dist.broadcast(buf, src=src)
+    return buf.numpy().tobytes()
+
+
+def encode_groups(groups: Sequence[TrajectoryGroup] | None) -> bytes:
+    """None (end of data) or a list of groups, as bytes."""
+    if groups is None:
+        return msgpack.packb(None)
+    return msgpack.packb([[bytes(f) for f in _CODEC.encode_group(g)] for g in groups], use_bin_type=True)
+
+
+def decode_groups(data: bytes) -> list[TrajectoryGroup] | None:
+    items = msgpack.unpackb(data, raw=False)
+    if items is None:
+        return None
+    return [_CODEC.decode_group(frames) for frames in items]
+
+
+def broadcast_groups(groups: Sequence[TrajectoryGroup] | None, *, src: int = 0) -> list[TrajectoryGroup] | None:
+    payload = encode_groups(groups) if dist.get_rank() == src else None
+    return decode_groups(broadcast_bytes(payload, src=src))

@@ -1,0 +1,333 @@
+"""The FSDP2 training engine: any transformers causal LM, sharded with `fully_shard`.
+
+gloo on CPU, NCCL on GPU (bf16 mixed precision there), AdamW with warmup and a constant, cosine or
+linear schedule, gradient clipping, optional gradient checkpointing. The engine knows nothing about
+RL: `train_minibatch` takes a loss callable, `forward_logp` returns per-token log-probs.
+
+All ranks must run the same number of forward/backward passes (FSDP all-gathers inside forward are
+collectives); a rank with fewer micro-batches than another runs empty ones, whose loss is zero.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+from areal_lite.algo import logprobs_and_entropy
+from areal_lite.trainer.batch import MicroBatch, SeqBatch, build_microbatch, chunk_microbatches, pack_microbatches
+
+logger = logging.getLogger("areal_lite.engine")
+
+LossFn = Callable[[torch.Tensor, torch.Tensor | None, MicroBatch], tuple[torch.Tensor, dict[str, float]]]
+
+
+def init_distributed(device_type: str, timeout_s: float = 1800.0) -> tuple[int, int, torch.device]:
+    """Join the torchrun process group (gloo on CPU, NCCL on GPU); returns (rank, world size, device)."""
+    from datetime import timedelta
+
+    backend = "nccl" if device_type == "cuda" else "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if device_type == "cuda":
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    return rank, world, device
+
+
+@dataclass
+class EngineSpec:
+    """What the engine needs from the actor config (one section, not the whole experiment)."""
+
+    path: str
+    dtype: str = "float32"
+    gradient_checkpointing: bool = False
+    lr: float = 1e-5
+    weight_decay: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    lr_scheduler_type: str = "constant"
+    warmup_steps_proportion: float = 0.0
+    min_lr_ratio: float = 0.0
+    gradient_clipping: float = 1.0
+    max_tokens_per_mb: int = 4096
+    packing: bool = True
+    temperature: float = 1.0
+    logp_chunk_size: int = 1024
+
+    @classmethod
+    def from_actor(cls, actor, temperature: float) -> "EngineSpec":
+        o = actor.optimizer
+        return cls(
+            path=actor.path,
+            dtype=actor.dtype,
+            gradient_checkpointing=actor.gradient_checkpointing,
+            lr=o.lr,
+            weight_decay=o.weight_decay,
+            beta1=o.beta1,
+            beta2=o.beta2,
+            eps=o.eps,
+            lr_scheduler_type=o.lr_scheduler_type,
+            warmup_steps_proportion=o.warmup_steps_proportion,
+            min_lr_ratio=o.min_lr_ratio,
+            gradient_clipping=o.gradient_clipping,
+            max_tokens_per_mb=actor.mb_spec.max_tokens_per_mb,
+            packing=actor.mb_spec.packing,
+            temperature=temperature,
+        )
+
+
+def lr_lambda(kind: str, total: int, warmup: int, min_ratio: float) -> Callable[[int], float]:
+    """Multiplier of the peak learning rate at optimizer step `s` (warmup, then the schedule)."""
+
+    def f(s: int) -> float:
+        if warmup > 0 and s < warmup:
+            return (s + 1) / warmup
+        if kind == "constant" or total <= warmup:
+            return 1.0
+        progress = min(1.0, (s - warmup) / max(1, total - warmup))
+        if kind == "cosine":
+            return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        return min_ratio + (1 - min_ratio) * (1 - progress)  # linear
+
+    return f
+
+
+class FSDPEngine:
+    def __init__(self, spec: EngineSpec, *, device: torch.device, total_optimizer_steps: int):
+        self.spec = spec
+        self.device = device
+        self.total_optimizer_steps = max(1, total_optimizer_steps)
+        self.rank = dist.get_rank()
+        self.world_size = dist.get_world_size()
+        self.model: torch.nn.Module | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
+        self.optimizer_steps = 0
+
+    # ------------------------------------------------------------------ set-up
+
+    def initialize(self, *, with_optimizer: bool = True) -> None:
+        from transformers import AutoModelForCausalLM
+
+        dtype = torch.bfloat16 if self.spec.dtype == "bfloat16" else torch.float32
+        if self.device.type == "cuda":
+            dtype = torch.float32  # master weights; compute in bf16 through the mixed-precision policy
+        model = AutoModelForCausalLM.from_pretrained(self.spec.path, dtype=dtype, attn_implementation="sdpa")
+        model.config.use_cache = False
+        if self.spec.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        mp = None
+        if self.device.type == "cuda":
+            mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        kwargs = {"mp_policy": mp} if mp is not None else {}
+        if self.device.type == "cuda":
+            model.to(self.device)
+        for layer in _decoder_layers(model):
+            fully_shard(layer, **kwargs)
+        fully_shard(model, **kwargs)
+        self.model = model
+        if with_optimizer:
+            s = self.spec
+            self.optimizer = torch.optim.AdamW(
+                model.parameters(), lr=s.lr, betas=(s.beta1, s.beta2), eps=s.eps, weight_decay=s.weight_decay
+            )
+            warmup = int(s.warmup_steps_proportion * self.total_optimizer_steps)
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+                self.optimizer, lr_lambda(s.lr_scheduler_type, self.total_optimizer_steps, warmup, s.min_lr_ratio)
+            )
+
+    # ------------------------------------------------------------------ layout
+
+    def microbatches(self, batch: SeqBatch, shards: Sequence[Sequence[int]]) -> list[list[list[int]]]:
+        """Micro-batch index lists for every rank (identical on all ranks), padded to equal counts."""
+        lengths = [int(x) for x in batch.seqlens]
+        layout = []
+        for shard in shards:
+            if self.spec.packing:
+                layout.append(pack_microbatches(lengths, shard, self.spec.max_tokens_per_mb))
+            else:
+                layout.append(chunk_microbatches(lengths, shard, self.spec.max_tokens_per_mb))
+        n = max(len(mbs) for mbs in layout)
+        return [mbs + [[] for _ in range(n - len(mbs))] for mbs in layout]
+
+    # ------------------------------------------------------------------ passes
+
+    def _forward(self, mb: MicroBatch, *, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-token log-probs (and entropies) of the micro-batch's real tokens, in flat order.
+
+        Token t's value is log p(x_t | x_<t) under logits / temperature; the first token of each
+        sequence has none (0), which is harmless since prompt tokens are never trained.
+        """
+        assert self.model is not None
+        out = self.model(
+            input_ids=mb.input_ids, position_ids=mb.position_ids, attention_mask=mb.attention_mask, use_cache=False
+        )
+        logits = out.logits  # [R, L, V]
+        labels = mb.input_ids[:, 1:]
+        lp, ent = logprobs_and_entropy(
+            logits[:, :-1],
+            labels,
+            temperature=self.spec.temperature,
+            chunk_size=self.spec.logp_chunk_size,
+            with_entropy=with_entropy,
+        )  # [R, L-1]
+        pad = lp.new_zeros(lp.shape[0], 1)
+        lp = torch.cat([pad, lp], dim=1).reshape(-1)[mb.flat]  # [n]
+        if ent is not None:
+            ent = torch.cat([pad, ent], dim=1).reshape(-1)[mb.flat]
+        starts = mb.col == 0
+        lp = lp.masked_fill(starts, 0.0)
+        if ent is not None:
+            ent = ent.masked_fill(starts, 0.0)
+        return lp, ent
+
+    def _dummy(self) -> MicroBatch:
+        """A one-token micro-batch that keeps this rank in step with ranks that have more work."""
+        empty = SeqBatch(
+            input_ids=np.zeros(2, np.int64),
+            loss_mask=np.zeros(2, bool),
+            behav_logp=np.zeros(2, np.float32),
+            versions=np.zeros(2, np.int32),
+            seqlens=np.asarray([2]),
+            prompt_lens=np.asarray([2]),
+            rewards=np.zeros(1),
+            group_ids=np.zeros(1, np.int64),
+            truncated=np.zeros(1, bool),
+            prompt_ids=[""],
+        )
+        return build_microbatch(empty, [0], packed=True, device=self.device)
+
+    @torch.no_grad()
+    def forward_logp(self, batch: SeqBatch, my_mbs: Sequence[Sequence[int]]) -> np.ndarray:
+        """Log-probs of every token of this rank's sequences ([N] over the whole batch; 0 elsewhere)."""
+        assert self.model is not None
+        self.model.eval()
+        out = np.zeros(batch.input_ids.shape[0], np.float32)
+        off = batch.offsets
+        for seq_index in my_mbs:
+            mb = build_microbatch(batch, seq_index, packed=self.spec.packing, device=self.device) if seq_index else self._dummy()
+            lp, _ = self._forward(mb, with_entropy=False)
+            if not seq_index:
+                continue
+            lp = lp.float().cpu().numpy()
+            pos = 0
+            for i in seq_index:
+                n = int(batch.seqlens[i])
+                out[off[i] : off[i] + n] = lp[pos : pos + n]
+                pos += n
+        return out
+
+    def train_minibatch(self, batch: SeqBatch, my_mbs: Sequence[Sequence[int]], loss_fn: LossFn) -> dict[str, float]:
+        """One optimizer step over this rank's micro-batches of a minibatch.
+
+        `loss_fn(logp, entropy, mb)` returns this micro-batch's share of the minibatch loss (already
+        divided by the minibatch's global token/sequence counts); the shares of all micro-batches
+        and ranks add up to the minibatch loss. FSDP averages gradients over ranks, so each rank's
+        loss is multiplied by the world size to make the update the gradient of that sum.
+        """
+        assert self.model is not None and self.optimizer is not None and self.scheduler is not None
+        self.model.train()
+        stats: dict[str, float] = {}
+        n = len(my_mbs)
+        for k, seq_index in enumerate(my_mbs):
+            self.model.set_requires_gradient_sync(k == n - 1)
+            if seq_index:
+                mb = build_microbatch(batch, seq_index, packed=self.spec.packing, device=self.device)
+                lp, ent = self._forward(mb, with_entropy=True)
+                loss, mb_stats = loss_fn(lp, ent, mb)
+                for key, v in mb_stats.items():
+                    stats[key] = stats.get(key, 0.0) + float(v) if not key.endswith("_max") else max(
+                        stats.get(key, float("-inf")), float(v)
+                    )
+            else:
+                mb = self._dummy()
+                lp, _ = self._forward(mb, with_entropy=False)
+                loss = lp.sum() * 0.0
+            (loss * self.world_size).backward()
+        grad_norm = self._clip_and_norm()
+        if math.isfinite(grad_norm):
+            self.optimizer.step()
+        else:
+            logger.warning("non-finite gradient norm %s: optimizer step skipped", grad_norm)
+            stats["skipped_steps"] = stats.get("skipped_steps", 0.0) + 1.0
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.optimizer_steps += 1
+        stats["grad_norm"] = grad_norm
+        stats["lr"] = float(self.scheduler.get_last_lr()[0])
+        return stats
+
+    def _clip_and_norm(self) -> float:
+        assert self.model is not None
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        max_norm = self.spec.gradient_clipping if self.spec.gradient_clipping > 0 else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        if hasattr(norm, "full_tensor"):
+            norm = norm.full_tensor()
+        return float(norm)
+
+    # ------------------------------------------------------------------ weights out
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """Unsharded CPU state dict on rank 0 (empty on other ranks). Collective: call on all ranks."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        assert self.model is not None
+        return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+    def save_hf(self, path: str, *, tokenizer_path: str | None = None) -> None:
+        """An HF checkpoint (config, safetensors, tokenizer) users can load with transformers. Collective."""
+        state = self.full_state_dict()
+        if self.rank != 0:
+            return
+        assert self.model is not None
+        tmp = f"{path}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        self.model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+        src = tokenizer_path or self.spec.path
+        for name in os.listdir(src):
+            if name.startswith(("tokenizer", "special_tokens", "vocab", "merges", "chat_template")):
+                shutil.copy2(os.path.join(src, name), tmp)
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(tmp, path)
+
+    # ------------------------------------------------------------------ recover checkpoints
+
+    def sharded_state(self) -> dict:
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        assert self.model is not None and self.optimizer is not None and self.scheduler is not None
+        msd, osd = get_state_dict(self.model, self.optimizer)
+        return {"model": msd, "optim": osd}
+
+    def load_sharded_state(self, state: dict) -> None:
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
+        assert self.model is not None and self.optimizer is not None
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+
+
+def _decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The repeated transformer blocks of a transformers causal LM (FSDP units)."""
+    inner = getattr(model, "model", None)
+    layers = getattr(inner, "layers", None)
+    if layers is None:
+        layers = getattr(getattr(model, "transformer", None), "h", None)
+    if layers is None:
+        raise ValueError(f"cannot find the decoder layers of {type(model).__name__}")
+    return list(layers)

@@ -1,0 +1,101 @@
+"""Metrics sinks: `metrics.jsonl` (one object per step), a console progress line, wandb.
+
+Only trainer rank 0 writes. wandb is optional: `stats_logger.wandb.mode` disabled | offline | online;
+tests run it offline or disabled (online mode needs the network).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+logger = logging.getLogger("areal_lite.stats")
+
+
+class Timer:
+    """Named phase timings for one step: `with timer("train"): ...` → `time/train`."""
+
+    def __init__(self) -> None:
+        self.times: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.times[f"time/{name}"] = self.times.get(f"time/{name}", 0.0) + time.perf_counter() - t0
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+class StatsLogger:
+    def __init__(self, cfg, *, run_dir: str, run_name: str, config_dict: dict | None, rank: int, total_steps: int):
+        self.cfg = cfg
+        self.rank = rank
+        self.total_steps = total_steps
+        self.path = os.path.join(run_dir, "metrics.jsonl")
+        self._fh = None
+        self._wandb = None
+        if rank != 0:
+            return
+        os.makedirs(run_dir, exist_ok=True)
+        self._fh = open(self.path, "a", buffering=1)
+        if cfg.wandb.mode != "disabled":
+            import wandb
+
+            self._wandb = wandb.init(
+                project=cfg.wandb.project,
+                entity=cfg.wandb.entity or None,
+                name=cfg.wandb.name or run_name,
+                mode=cfg.wandb.mode,
+                dir=run_dir,
+                config=config_dict,
+                resume="allow",
+            )
+
+    def commit(self, step: int, metrics: dict[str, Any]) -> None:
+        if self.rank != 0:
+            return
+        record = {"step": step, **{k: _clean(v) for k, v in sorted(metrics.items())}}
+        assert self._fh is not None
+        self._fh.write(json.dumps(record) + "\n")
+        if self._wandb is not None:
+            self._wandb.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
+        if self.cfg.console:
+            print(self.progress_line(step, metrics), file=sys.stdout, flush=True)
+
+    def progress_line(self, step: int, m: dict[str, Any]) -> str:
+        def g(key: str, fmt: str) -> str:
+            v = m.get(key)
+            return format(v, fmt) if isinstance(v, (int, float)) else "-"
+
+        parts = [
+            f"step {step + 1}/{self.total_steps}",
+            f"v{m.get('version', '-')}",
+            f"reward {g('reward/mean', '.3f')}",
+            f"staleness max {g('staleness/max', '.0f')}",
+            f"{g('throughput/trained_tokens_per_s', '.0f')} tok/s",
+            f"{g('time/step', '.2f')} s/step",
+        ]
+        if "eval/accuracy" in m:
+            parts.append(f"eval acc {g('eval/accuracy', '.3f')}")
+        return "[areal_lite] " + " | ".join(parts)
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None

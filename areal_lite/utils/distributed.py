@@ -1,0 +1,59 @@
+"""A torch.distributed process group outside the default one, for weight broadcast.
+
+Trainer rank 0 and the inference servers meet in a group of their own: the trainer already
+belongs to its FSDP default group, and a server belongs to none. The group is built the way
+SGLang builds its model-update group (`init_custom_process_group`: a TCP rendezvous, then
+`_new_process_group_helper` under the group name), so the store keys, and therefore the
+rendezvous, are the same whichever side runs SGLang and whichever runs areal_lite.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import torch.distributed as dist
+from torch.distributed import distributed_c10d as c10d
+
+
+def init_custom_process_group(
+    *,
+    backend: str,
+    master_address: str,
+    master_port: int,
+    rank: int,
+    world_size: int,
+    group_name: str,
+    timeout_s: float = 300.0,
+) -> dist.ProcessGroup:
+    """Join (rank > 0) or host (rank 0) a process group that is not the default group.
+
+    Collectives on the returned group take group-local ranks: `dist.broadcast(t, src=0, group=pg)`.
+    Every member blocks here until all `world_size` members have joined or `timeout_s` passes.
+    """
+    timeout = timedelta(seconds=timeout_s)
+    url = f"tcp://{master_address}:{master_port}"
+    store, rank, world_size = next(c10d.rendezvous(url, rank, world_size, timeout=timeout))
+    store.set_timeout(timeout)
+    pg, _ = c10d._new_process_group_helper(
+        world_size,
+        rank,
+        [],
+        backend,
+        store,
+        group_name=group_name,
+        timeout=timeout,
+    )
+    # NOTE: collectives resolve group-local ranks through this map; the helper leaves it unset.
+    c10d._world.pg_group_ranks[pg] = {i: i for i in range(world_size)}
+    return pg
+
+
+def destroy_custom_process_group(pg: dist.ProcessGroup | None) -> None:
+    """Tear down a group made by `init_custom_process_group`; a no-op for None."""
+    if pg is None:
+        return
+    try:
+        dist.destroy_process_group(pg)
+    except (AssertionError, RuntimeError, ValueError):
+        # Not registered as a regular group in this process: drop our references only.
+        c10d._world.pg_group_ranks.pop(pg, None)
