@@ -146,6 +146,8 @@ class DistributedWeightSync:
         if rank0:
             assert self.admin is not None
             self.admin.pause()
+            # SGLang >= 0.5.23 accepts distributed updates only between begin and end calls.
+            self.admin.call_all("/begin_weight_update", {})
         sent = 0
         try:
             bucket: list[tuple[str, torch.Tensor]] = []
@@ -163,7 +165,10 @@ class DistributedWeightSync:
                     bucket, size = [], 0
         finally:
             if rank0:
-                self.admin.resume()
+                try:
+                    self.admin.call_all("/end_weight_update", {})
+                finally:
+                    self.admin.resume()
         stats: dict[str, float] = {}
         if rank0:
             stats = {"time/weight_pause": time.perf_counter() - t0, "weight_sync/bytes": float(sent)}
