@@ -10,12 +10,12 @@ from __future__ import annotations
 import os
 import secrets
 import shlex
-import socket
 import sys
 import uuid
 from dataclasses import dataclass, field
 
 from areal_lite.config.schema import ExperimentConfig, resolved_trainer_world_size, run_dir
+from areal_lite.utils.net import free_port
 from areal_lite.utils.runenv import RunEnv, redact_env
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -62,13 +62,6 @@ class Plan:
         ]
         lines += [p.describe() for p in self.all()]
         return "\n".join(lines)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """An unused TCP port on `host` (the OS picks it; the window until it is bound is tiny)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host if host not in ("0.0.0.0", "") else "", 0))
-        return s.getsockname()[1]
 
 
 class PortPicker:

@@ -12,7 +12,7 @@ import msgpack
 import torch
 import torch.distributed as dist
 
-from areal_lite.transport import Codec, TrajectoryGroup
+from areal_lite.transport import Codec, TrajectoryGroup, decode_group, encode_group
 
 _CODEC = Codec("trainer-internal")
 
@@ -36,14 +36,18 @@ def encode_groups(groups: Sequence[TrajectoryGroup] | None) -> bytes:
     """None (end of data) or a list of groups, as bytes."""
     if groups is None:
         return msgpack.packb(None)
-    return msgpack.packb([[bytes(f) for f in _CODEC.encode_group(g)] for g in groups], use_bin_type=True)
+    return msgpack.packb([[_as_bytes(f) for f in encode_group(_CODEC, g)] for g in groups], use_bin_type=True)
 
 
 def decode_groups(data: bytes) -> list[TrajectoryGroup] | None:
     items = msgpack.unpackb(data, raw=False)
     if items is None:
         return None
-    return [_CODEC.decode_group(frames) for frames in items]
+    return [decode_group(_CODEC, frames) for frames in items]
+
+
+def _as_bytes(frame) -> bytes:
+    return frame.tobytes() if hasattr(frame, "tobytes") else bytes(frame)
 
 
 def broadcast_groups(groups: Sequence[TrajectoryGroup] | None, *, src: int = 0) -> list[TrajectoryGroup] | None:

@@ -32,9 +32,15 @@ import zmq
 
 from areal_lite.trainer.prompts import PromptSource
 from areal_lite.trainer.staleness import StalenessManager
-from areal_lite.transport import Codec, PullReceiver, Publisher, RouterServer, TrajectoryGroup
+from areal_lite.transport import Codec, PullReceiver, Publisher, RouterServer, TrajectoryGroup, decode_group, encode_group
 
 logger = logging.getLogger("areal_lite.controller")
+# Checkpoints hold buffered groups in the wire format, under a fixed run id (they outlive the run id).
+_STATE_CODEC = Codec("checkpoint")
+
+
+def _as_bytes(frame: Any) -> bytes:
+    return frame.tobytes() if hasattr(frame, "tobytes") else bytes(frame)
 
 
 @dataclass
@@ -233,7 +239,7 @@ class RolloutController:
                 "counters": dict(self.counters),
                 "buffer": [
                     {
-                        "group": b.group.to_dict(),
+                        "frames": [_as_bytes(f) for f in encode_group(_STATE_CODEC, b.group)],
                         "grant": vars(b.grant).copy(),
                     }
                     for b in sorted(self.buffer, key=lambda b: b.grant.seq)
@@ -251,7 +257,7 @@ class RolloutController:
         self.counters = Counter(state["counters"])
         now = time.monotonic()
         self.buffer = [
-            BufferedGroup(TrajectoryGroup.from_dict(b["group"]), Grant(**b["grant"]), now) for b in state["buffer"]
+            BufferedGroup(decode_group(_STATE_CODEC, b["frames"]), Grant(**b["grant"]), now) for b in state["buffer"]
         ]
         self.ledger.truncate(int(state["ledger_offset"]))
 
