@@ -154,6 +154,7 @@ def build_plan(
         "OMP_NUM_THREADS": threads if not gpu else "4",
         "TOKENIZERS_PARALLELISM": "false",
         "PYTHONUNBUFFERED": "1",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
         **{k: str(v) for k, v in cfg.launcher.env.items()},
     }
 

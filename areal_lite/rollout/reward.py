@@ -99,6 +99,12 @@ class RewardPool:
         return None
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+        """Stop the pool's processes (idle ones exit at once; a hung call is killed)."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in list(getattr(pool, "_processes", {}).values()):
+            proc.join(timeout=2)
+            if proc.is_alive():
+                proc.kill()

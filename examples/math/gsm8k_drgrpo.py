@@ -245,6 +245,7 @@ def train_main(cfg: ExperimentConfig, env: RunEnv) -> int:
 def _batch_metrics(batch, step: int, head_versions: list[int], step_time: float) -> dict[str, float]:
     gen = batch.gen_lens().astype(np.float64)
     stale = [step - v for v in head_versions] or [0]
+    token_versions = batch.versions[batch.loss_mask]
     total_tokens = float(batch.seqlens.sum())
     return {
         "reward/mean": float(batch.rewards.mean()),
@@ -256,6 +257,8 @@ def _batch_metrics(batch, step: int, head_versions: list[int], step_time: float)
         "len/truncated_frac": float(batch.truncated.mean()),
         "staleness/max": float(max(stale)),
         "staleness/mean": float(np.mean(stale)),
+        # The newest weights any trained token came from: never ahead of the trainer (≤ step).
+        "staleness/newest_token_version": float(token_versions.max()) if token_versions.size else 0.0,
         "train/num_seqs": float(batch.num_seqs),
         "throughput/trained_tokens_per_s": total_tokens / max(step_time, 1e-9),
         "throughput/trained_gen_tokens_per_s": float(gen.sum()) / max(step_time, 1e-9),
