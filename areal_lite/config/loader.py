@@ -101,13 +101,19 @@ def save_config(cfg: Any, path: str) -> None:
 
 
 def exit_on_config_error(fn: Callable[..., int]) -> Callable[..., int]:
-    """Decorator for `main(argv)`: a ConfigError becomes `error: <line>` on stderr and exit status 2."""
+    """Decorator for `main(argv)`: a user error becomes `error: <line>` on stderr and exit status 2.
+
+    User errors are ConfigError and exceptions carrying `exit_code = 2`; anything else propagates.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except ConfigError as e:
+        except Exception as e:
+            # ConfigError, and any user-input error that declares exit_code 2 (e.g. data.DatasetError).
+            if not isinstance(e, ConfigError) and getattr(e, "exit_code", None) != 2:
+                raise
             print(f"error: {e}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
 

@@ -1,9 +1,10 @@
 """Math answer checking: extract the final answer from a completion and compare it exactly.
 
-Extraction (`extract_answer`), in order of precedence:
-  1. the text after the last non-empty `#### ` marker, up to the end of its line (GSM8K style);
-  2. else the contents of the last `\\boxed{...}` (nested braces allowed; `\\fbox` too);
-  3. else the last number in the text (`1,000`, `-3`, `2.5`, `3/4` count as numbers).
+Extraction (`extract_answer`):
+  1. the last final-answer marker: `#### ` (GSM8K style; the rest of its line) or `\\boxed{...}`
+     (nested braces allowed; `\\fbox` too), whichever comes later, so a markdown heading
+     "#### Step 1" before a boxed answer does not hide it; empty markers and unclosed boxes are skipped;
+  2. else the last number in the text (`1,000`, `-3`, `2.5`, `3/4` count as numbers).
 
 Comparison (`answers_match`) is exact. Both sides are parsed as rationals when they are plain
 numbers, after removing what does not change the value:
@@ -14,9 +15,10 @@ numbers, after removing what does not change the value:
   - wrappers: `$...$`, `\\boxed{}`, `\\text{}`, `\\mathrm{}`, `\\left`/`\\right`, a trailing period,
     a leading `x =`; `\\frac{a}{b}`, `\\dfrac`, `\\tfrac` and `a/b` are fractions.
 Rationals compare with `fractions.Fraction`: 3/4 == 0.75 == \\frac{3}{4}, but 1/3 != 0.333 (no float
-tolerance). When a side is not a plain number the normalised strings are compared, and, when
-the optional `math-verify` package is importable, its symbolic check decides (`\\sqrt{2}/2` vs
-`1/\\sqrt{2}`), with float rounding at 15 digits so it stays close to exact.
+tolerance). When a side is not a plain number, the normalised strings are compared (whitespace
+runs collapsed, not removed: "1 8" is not "18"), and, when the optional `math-verify` package is
+importable, its symbolic check decides (`\\sqrt{2}/2` vs `1/\\sqrt{2}`), with float rounding at
+15 digits so it stays close to exact.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ _NUM = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+"
 # The last number in free text: a sign only when it is not a binary minus ("16-3" is not "-3").
 _NUMBER_IN_TEXT = re.compile(rf"(?:(?<![\w)\]}}.])[-+])?(?<![\w.])(?:{_NUM})(?:\s*/\s*(?:{_NUM}))?(?![\w])")
 _PLAIN_NUMBER = re.compile(
-    rf"""^(?P<sign1>[-+])?\s*(?:[$€£¥]|usd|rs\.?)?\s*(?P<sign2>[-+])?\s*
+    rf"""^(?P<sign1>[-+])?\s*(?:[$€£¥]|usd)?\s*(?P<sign2>[-+])?\s*
     (?P<num>{_NUM})(?:\s*/\s*(?P<den>{_NUM}))?
     (?:\s*%|\s+[a-z]+\.?(?:\s+[a-z]+\.?){{0,3}}|[a-z]{{2,}}\.?)?$""",
     re.IGNORECASE | re.VERBOSE,
@@ -45,29 +47,36 @@ def extract_answer(text: str | None) -> str | None:
     """The final answer written in `text` (see the module docstring), stripped; None when there is none."""
     if not isinstance(text, str) or not text:
         return None
-    for line in reversed(re.findall(r"####[ \t]*([^\n]*)", text)):
-        if line.strip():
-            return line.strip()
-    boxed = _last_boxed(text)
-    if boxed is not None and boxed.strip():
-        return boxed.strip()
+    marked = [m for m in (_last_hash_marker(text), _last_boxed(text)) if m is not None]
+    if marked:
+        return max(marked)[1]  # the marker that comes last in the text
     numbers = _NUMBER_IN_TEXT.findall(text)
     return numbers[-1].strip() if numbers else None
 
 
-def _last_boxed(text: str) -> str | None:
-    """Contents of the last `\\boxed{...}` / `\\fbox{...}` whose braces close (nested braces allowed)."""
+def _last_hash_marker(text: str) -> tuple[int, str] | None:
+    """(position, rest of the line) of the last non-empty `#### ` marker; `#####` is not one."""
+    for m in reversed(list(re.finditer(r"(?<!#)####(?!#)[ \t]*([^\n]*)", text))):
+        if m.group(1).strip():
+            return m.start(), m.group(1).strip()
+    return None
+
+
+def _last_boxed(text: str) -> tuple[int, str] | None:
+    """(position, contents) of the last non-empty `\\boxed{...}` / `\\fbox{...}` whose braces close."""
     for m in reversed(list(re.finditer(r"\\(?:boxed|fbox)\s*(\{)?", text))):
         if m.group(1) is None:  # `\boxed 5`: the next whitespace-delimited token
             token = re.match(r"\s*(\S+)", text[m.end():])
-            if token:
-                return token.group(1).rstrip("$")
+            if token and token.group(1).rstrip("$"):
+                return m.start(), token.group(1).rstrip("$")
             continue
         depth, start = 1, m.end()
         for i in range(start, len(text)):
             depth += {"{": 1, "}": -1}.get(text[i], 0)
             if depth == 0:
-                return text[start:i]
+                if text[start:i].strip():
+                    return m.start(), text[start:i].strip()
+                break
     return None
 
 
@@ -107,7 +116,7 @@ def answers_match(pred: str, gold: str) -> bool:
     pv, gv = parse_number(pred), parse_number(gold)
     if pv is not None and gv is not None:
         return pv == gv  # decided exactly; math-verify's float rounding must not overrule it
-    if re.sub(r"\s+", "", normalize_answer(pred)) == re.sub(r"\s+", "", normalize_answer(gold)):
+    if " ".join(normalize_answer(pred).split()) == " ".join(normalize_answer(gold).split()):
         return True
     return _math_verify_match(pred, gold)
 

@@ -1,0 +1,88 @@
+"""Run under torchrun by test_layout_update.py: one PPO update per (reduction, micro-batch budget).
+
+Writes, from rank 0, the parameter delta of each update to `{out}/{reduction}-{budget}.safetensors`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors.torch import save_file
+
+from areal_lite.config.schema import ActorConfig
+from areal_lite.trainer.actor import PPOActor
+from areal_lite.trainer.batch import SeqBatch
+from areal_lite.trainer.engine import EngineSpec, FSDPEngine, init_distributed
+
+
+def make_batch(vocab: int, seed: int = 0) -> SeqBatch:
+    """3 groups × 4 samples, prompt and answer lengths varying, rewards with contrast in each group."""
+    rng = np.random.default_rng(seed)
+    ids, mask, behav, seqlens, plens, rewards, gids = [], [], [], [], [], [], []
+    for g in range(3):
+        plen = int(rng.integers(4, 9))
+        prompt = rng.integers(3, vocab, plen)
+        for s in range(4):
+            alen = int(rng.integers(3, 30))
+            ids.append(np.concatenate([prompt, rng.integers(3, vocab, alen)]))
+            mask.append(np.concatenate([np.zeros(plen, bool), np.ones(alen, bool)]))
+            behav.append(np.concatenate([np.zeros(plen), -rng.uniform(3.0, 7.0, alen)]).astype(np.float32))
+            seqlens.append(plen + alen)
+            plens.append(plen)
+            rewards.append(float((s + g) % 2))
+            gids.append(g)
+    flat = np.concatenate(ids).astype(np.int64)
+    return SeqBatch(
+        input_ids=flat, loss_mask=np.concatenate(mask), behav_logp=np.concatenate(behav),
+        versions=np.zeros(flat.shape[0], np.int32), seqlens=np.asarray(seqlens), prompt_lens=np.asarray(plens),
+        rewards=np.asarray(rewards), group_ids=np.asarray(gids), truncated=np.zeros(len(seqlens), bool),
+        prompt_ids=[f"0:{g}" for g in gids],
+    )
+
+
+def main() -> int:
+    model, out, budgets, reductions = sys.argv[1], sys.argv[2], sys.argv[3].split(","), sys.argv[4].split(",")
+    torch.set_num_threads(1)
+    rank, world, device = init_distributed("cpu")
+    results = {}
+    for reduction in reductions:
+        for budget in budgets:
+            # Adam with eps = 1 and tiny gradients moves each parameter by ≈ lr·g: the delta is
+            # proportional to the gradient, so a wrong loss scale cannot hide behind Adam's normalisation.
+            padded = budget.startswith("pad")
+            spec = EngineSpec(path=model, lr=1e-2, eps=1.0, weight_decay=0.0, gradient_clipping=0.0,
+                              max_tokens_per_mb=int(budget.removeprefix("pad")), packing=not padded)
+            engine = FSDPEngine(spec, device=device, total_optimizer_steps=1)
+            engine.initialize()
+            before = {k: v.clone() for k, v in engine.full_state_dict().items()}  # may alias the live params
+            cfg = ActorConfig(path=model, loss_reduction=reduction, behav_weight_cap=5.0)
+            cfg.adv_norm.mean_level, cfg.adv_norm.std_level = "group", "group"
+            actor = PPOActor(cfg, max_new_tokens=32, loss_norm_constant=32.0, seed=0)
+            batch = make_batch(vocab=200)
+            prox = actor.compute_logp(engine, batch)
+            adv = actor.compute_advantages(batch)
+            stats = actor.ppo_update(engine, batch, adv, prox_logp=prox, ref_logp=None, step=0)
+            after = engine.full_state_dict()
+            if rank == 0:
+                delta = {k: (after[k] - before[k]).contiguous() for k in after}
+                save_file(delta, os.path.join(out, f"{reduction}-{budget}-w{world}.safetensors"))
+                results[f"{reduction}-{budget}-w{world}"] = {"loss": stats["loss"], "grad_norm": stats["grad_norm"],
+                                                             "padding_waste": stats["perf/padding_waste"]}
+            del engine
+    if rank == 0:
+        with open(os.path.join(out, f"stats-w{world}.json"), "w") as fh:
+            json.dump(results, fh)
+    dist.barrier()
+    dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    code = main()
+    sys.stdout.flush()
+    os._exit(code)
