@@ -235,6 +235,8 @@ def _describe(e: oc_errors.OmegaConfBaseException, cls: type, *, source: str = "
     f = _schema_keys(cls).get(key)
     if f is not None:
         expected = _type_name(f)
+        if value is None and _default_repr(f) in ("required", "''"):
+            return f"{key}: required, got an empty value (expected {expected}){where}"
         if value is None:
             return f"{key}: null is not allowed (expected {expected}){where}"
         return f"{key}: expected {expected}, got {value!r}{where}"

@@ -16,7 +16,6 @@ import logging
 import os
 import socket
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,7 +44,9 @@ class RolloutWorker:
         self.env = env
         self.workflow = workflow
         self.settings = settings
-        self.worker_id = f"w{env.worker_index}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        # Stable per worker slot: a restarted worker's hello retires its dead predecessor at once
+        # (its prompts are re-issued without waiting for the heartbeat timeout).
+        self.worker_id = f"worker{env.worker_index}"
         self.codec = Codec(env.run_id, env.secret)
         self.tasks: dict[str, asyncio.Task] = {}
         self.granted_total = 0

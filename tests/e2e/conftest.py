@@ -43,6 +43,7 @@ def deep_merge(base: dict, extra: dict) -> dict:
 def write_config(tmp_path: Path, model_dir: Path, extra: dict | None = None) -> Path:
     cfg = deep_merge(SMALL, {"cluster": {"fileroot": str(tmp_path / "runs")}, "actor": {"path": str(model_dir)}})
     cfg = deep_merge(cfg, extra or {})
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
