@@ -249,6 +249,10 @@ class ServerConfig:
     max_running_requests: int = _f(64, "Requests decoded together (continuous batching).")
     dtype: str = _f("auto", "Inference dtype.", ("auto", "float32", "bfloat16", "float16"))
     startup_timeout: float = _f(300.0, "Seconds to wait for a server's /health.")
+    debug_step_delay_s: float = _f(
+        0.0, "Testing only: the embedded engine sleeps this long after every decode step, i.e. per generated "
+        "token (a slow server, for staleness tests); 0: off."
+    )
 
 
 @dataclass

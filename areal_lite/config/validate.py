@@ -218,4 +218,5 @@ def _check_experiment(cfg: ExperimentConfig) -> None:
     _require(cfg.evaluator.freq_steps >= 0, "evaluator.freq_steps", "must be >= 0")
     _require(cfg.evaluator.n_samples >= 1, "evaluator.n_samples", "must be >= 1")
     _require(cfg.server.max_running_requests >= 1, "server.max_running_requests", "must be >= 1")
+    _require(cfg.server.debug_step_delay_s >= 0, "server.debug_step_delay_s", "must be >= 0")
     _require(cfg.launcher.torch_threads >= 0, "launcher.torch_threads", "must be >= 0 (0 = automatic)")

@@ -59,6 +59,7 @@ class EngineConfig:
     random_seed: int = 0
     skip_tokenizer_init: bool = False
     weight_version: str = "default"
+    debug_step_delay_s: float = 0.0  # testing only: sleep after every step (a slow server)
 
 
 @dataclass(eq=False)
@@ -429,6 +430,8 @@ class Engine:
         self.batch.step(admit=not self._ops)
         self.counters["busy_time_s"] += time.perf_counter() - t0
         self.counters["num_steps"] += 1
+        if self.config.debug_step_delay_s > 0:
+            time.sleep(self.config.debug_step_delay_s)
 
     def _deliver(self) -> None:
         if not self.batch.finished:

@@ -3,7 +3,7 @@
     python -m areal_lite.inference.launch_server --model-path PATH [--host 127.0.0.1] [--port 30000] \
         [--skip-tokenizer-init] [--api-key K] [--context-length N] [--max-running-requests N] \
         [--dtype auto|float32|bfloat16|float16] [--random-seed S] [--tp-size 1] [--device cpu|cuda] \
-        [--weight-version V] [--allowed-weight-dir DIR] [--log-level info]
+        [--weight-version V] [--allowed-weight-dir DIR] [--debug-step-delay S] [--log-level info]
 
 Flag names are `sglang.launch_server`'s where they overlap. `--allowed-weight-dir` is ours: when set,
 `/update_weights_from_disk` refuses any `model_path` that does not resolve inside it. The launchers
@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-version", default="default", help="Initial weight version string.")
     p.add_argument("--allowed-weight-dir", default=None, help="Only load weight updates from inside this directory.")
     p.add_argument("--max-prefill-tokens", type=int, default=8192, help="Padded prompt tokens prefilled per step.")
+    p.add_argument("--debug-step-delay", type=float, default=0.0,
+                   help="Testing only: seconds to sleep after every decode step (a slow server).")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error", "critical"])
     return p
 
@@ -56,6 +58,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--context-length must be at least 2")
     if args.max_running_requests < 1:
         parser.error("--max-running-requests must be at least 1")
+    if args.debug_step_delay < 0:
+        parser.error("--debug-step-delay must be >= 0")
     if not 0 < args.port < 65536:
         parser.error(f"--port {args.port} out of range")
     if not os.path.isfile(os.path.join(args.model_path, "config.json")):
@@ -102,6 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 random_seed=args.random_seed,
                 skip_tokenizer_init=args.skip_tokenizer_init,
                 weight_version=args.weight_version,
+                debug_step_delay_s=args.debug_step_delay,
             )
         ).start()
         server_args = {k: v for k, v in vars(args).items() if k != "api_key"}

@@ -103,6 +103,7 @@ def server_command(cfg: ExperimentConfig, *, host: str, port: int, seed: int, we
         from areal_lite.inference.sglang import build_sglang_command
 
         return build_sglang_command(cfg, model_path=path, host=host, port=port, seed=seed)
+    slow = ["--debug-step-delay", str(cfg.server.debug_step_delay_s)] if cfg.server.debug_step_delay_s > 0 else []
     return [
         sys.executable, "-m", "areal_lite.inference.launch_server",
         "--model-path", path,
@@ -116,6 +117,7 @@ def server_command(cfg: ExperimentConfig, *, host: str, port: int, seed: int, we
         "--device", cfg.allocation.device,
         "--weight-version", str(weight_version),
         "--allowed-weight-dir", weights_dir,
+        *slow,
     ]
 
 

@@ -37,6 +37,9 @@ from areal_lite.transport import Codec, PullReceiver, Publisher, RouterServer, T
 logger = logging.getLogger("areal_lite.controller")
 # Checkpoints hold buffered groups in the wire format, under a fixed run id (they outlive the run id).
 _STATE_CODEC = Codec("checkpoint")
+# What each bound socket takes; any other (even well-formed) message is rejected and counted.
+GROUP_TYPES = frozenset({"group"})
+CONTROL_TYPES = frozenset({"hello", "want", "reject", "heartbeat", "bye"})
 
 
 def _as_bytes(frame: Any) -> bytes:
@@ -157,10 +160,11 @@ class RolloutController:
         self._stop = False
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self._rate_mark = (time.monotonic(), 0, 0)  # (time, groups, generated tokens) at the last stats()
 
         self.codec = codec
-        self.receiver = PullReceiver(codec, bind_host, ports[0])
-        self.router = RouterServer(codec, bind_host, ports[1])
+        self.receiver = PullReceiver(codec, bind_host, ports[0], accept=GROUP_TYPES)
+        self.router = RouterServer(codec, bind_host, ports[1], accept=CONTROL_TYPES)
         self.publisher = Publisher(codec, bind_host, ports[2])
 
     # ------------------------------------------------------------------ trainer-thread API
@@ -170,6 +174,7 @@ class RolloutController:
         return self.receiver.port, self.router.port, self.publisher.port
 
     def start(self) -> None:
+        self._rate_mark = (time.monotonic(), *self._arrived())
         self._thread = threading.Thread(target=self._run, name="rollout-controller", daemon=True)
         self._thread.start()
 
@@ -205,11 +210,26 @@ class RolloutController:
                     raise TimeoutError(f"{len(self.buffer)}/{n} groups after {timeout:.0f}s")
                 self._lock.wait(timeout=remaining)
 
+    def _arrived(self) -> tuple[int, int]:
+        """Groups that arrived (accepted or filtered) and their generated tokens, since the run began."""
+        return self.counters["accepted"] + self.counters["filtered"], self.counters["gen_tokens"]
+
     def stats(self) -> dict[str, float]:
+        """Counters plus rates since the previous call; `rollout/rejected` counts the prompts workers
+        gave up on (workflow rejects, failures, reward failures), malformed messages are `transport/rejected`."""
         with self._lock:
             out = {f"rollout/{k}": float(v) for k, v in self.counters.items()}
+            now, (groups, tokens) = time.monotonic(), self._arrived()
+            t0, groups0, tokens0 = self._rate_mark
+            self._rate_mark = (now, groups, tokens)
+            dt = max(now - t0, 1e-9)
             out.update(
                 {
+                    "rollout/groups_per_s": (groups - groups0) / dt,
+                    "rollout/tokens_per_s": (tokens - tokens0) / dt,
+                    "rollout/rejected": float(
+                        sum(v for k, v in self.counters.items() if k.startswith("outcome_"))
+                    ),
                     "rollout/running": float(self.staleness.running),
                     "rollout/accepted_total": float(self.staleness.accepted),
                     "rollout/queue_len": float(len(self.buffer)),
@@ -223,7 +243,8 @@ class RolloutController:
 
     def record_trained(self, step: int, groups: Sequence[BufferedGroup]) -> None:
         for b in groups:
-            self.ledger.write(prompt_id=b.grant.prompt_id, event="trained", step=step, version=self.version)
+            self.ledger.write(prompt_id=b.grant.prompt_id, event="trained", step=step, version=self.version,
+                              head_version=b.head_version)
 
     def state_dict(self) -> dict:
         """Cursor, counters and buffered-but-untrained groups; in-flight prompts come back re-queued."""
@@ -386,6 +407,7 @@ class RolloutController:
         if group.worker_id != grant.worker_id and worker is not None:
             # The original holder finished first: stop the re-issued copy.
             self._send_cancel(worker, [group.prompt_id])
+        self.counters["gen_tokens"] += int(np.count_nonzero(group.loss_mask))
         rewards = np.asarray([s["reward"] for s in group.samples], dtype=np.float64)
         if self.dynamic_filter == "drop_all_equal" and rewards.size > 0 and np.all(rewards == rewards[0]):
             self.staleness.on_release()

@@ -65,8 +65,9 @@ def _send_frames(frames: list[Any]) -> list[Any]:
 
 
 class _Counting:
-    def __init__(self, codec: Codec):
+    def __init__(self, codec: Codec, accept: frozenset[str] | None = None):
         self.codec = codec
+        self.accept = accept  # message types this socket takes (None: every registered type)
         self.rejected: Counter[str] = Counter()
         self.received = 0
         self._last_log: dict[str, float] = {}
@@ -76,6 +77,10 @@ class _Counting:
             msg = self.codec.decode(frames)
         except ProtocolError as e:
             self._reject(e)
+            return None
+        if self.accept is not None and msg.type not in self.accept:
+            # Well-formed but not for this channel (e.g. a `hello` on the trajectory socket).
+            self._reject(ProtocolError("unexpected_type", msg.type))
             return None
         self.received += 1
         return msg
@@ -91,8 +96,9 @@ class _Counting:
 class _SyncBound(_Counting):
     kind: int = zmq.PULL
 
-    def __init__(self, codec: Codec, bind_host: str = "127.0.0.1", port: int = 0, *, context: zmq.Context | None = None):
-        super().__init__(codec)
+    def __init__(self, codec: Codec, bind_host: str = "127.0.0.1", port: int = 0, *, context: zmq.Context | None = None,
+                 accept: frozenset[str] | None = None):
+        super().__init__(codec, accept)
         _check_bind(codec, bind_host)
         self.ctx = context or zmq.Context.instance()
         self.socket = self.ctx.socket(self.kind)
