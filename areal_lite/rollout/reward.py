@@ -39,6 +39,11 @@ def as_reward(value: Any) -> float | None:
     return None
 
 
+def _processes(pool: ProcessPoolExecutor) -> list:
+    """The executor's worker processes (a private table, None once the executor is shut down)."""
+    return list((getattr(pool, "_processes", None) or {}).values())
+
+
 class RewardPool:
     """Runs reward calls in `num_workers` processes; a call past `timeout` seconds is a failure."""
 
@@ -59,7 +64,7 @@ class RewardPool:
         pool, self._pool = self._pool, None
         if pool is None:
             return
-        for proc in list(getattr(pool, "_processes", {}).values()):
+        for proc in _processes(pool):
             try:
                 proc.kill()
             except (OSError, AttributeError):
@@ -103,8 +108,9 @@ class RewardPool:
         pool, self._pool = self._pool, None
         if pool is None:
             return
+        procs = _processes(pool)  # NOTE: before shutdown, which drops the executor's process table
         pool.shutdown(wait=False, cancel_futures=True)
-        for proc in list(getattr(pool, "_processes", {}).values()):
+        for proc in procs:
             proc.join(timeout=2)
             if proc.is_alive():
                 proc.kill()

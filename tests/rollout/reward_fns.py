@@ -1,0 +1,27 @@
+"""Reward functions for the reward-pool tests: top level (picklable), chosen by the record's answer."""
+
+from __future__ import annotations
+
+import os
+import time
+
+
+def by_answer(completion: str, answer: str = "ok"):
+    if answer == "ok":
+        return 1.0
+    if answer == "raise":
+        raise ValueError("the reward function failed")
+    if answer == "hang":
+        time.sleep(120)
+        return 1.0
+    if answer == "nan":
+        return float("nan")
+    if answer == "inf":
+        return float("-inf")
+    if answer == "str":
+        return "1.0"
+    if answer == "none":
+        return None
+    if answer == "exit":
+        os._exit(3)  # the worker process dies under the pool
+    raise AssertionError(f"unknown behaviour {answer!r}")
