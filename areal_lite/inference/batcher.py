@@ -100,6 +100,9 @@ class Batcher:
         self.max_prefill_tokens = max_prefill_tokens
         self.generator = generator
         self.counters = counters
+        # Where busy time goes (read by benchmarks through /get_server_info).
+        for key in ("prefill_time_s", "decode_time_s", "queue_time_s", "num_admitted"):
+            counters.setdefault(key, 0.0)
         self.weight_version = weight_version  # stamped on tokens as they are produced
         slots = max_running_requests
         self.cache = SlotKVCache(model.config.num_hidden_layers, slots, context_length)
@@ -121,9 +124,13 @@ class Batcher:
     def step(self, *, admit: bool = True) -> None:
         """Prefill newly admitted requests (when `admit`), then decode one token for all running ones."""
         if admit and self.waiting and len(self.running) < self.max_running_requests:
+            t0 = time.perf_counter()
             self._prefill(self._admit())
+            self.counters["prefill_time_s"] += time.perf_counter() - t0
         if self.running:
+            t0 = time.perf_counter()
             self._decode()
+            self.counters["decode_time_s"] += time.perf_counter() - t0
 
     def retract_all(self) -> None:
         """Send running requests back to the queue front; their KV is dropped and recomputed later."""
@@ -162,6 +169,9 @@ class Batcher:
                 break
             longest = max(longest, n)
             batch.append(self.waiting.popleft())
+        now = time.monotonic()
+        self.counters["queue_time_s"] += sum(now - req.arrival for req in batch if not req.num_retractions)
+        self.counters["num_admitted"] += sum(not req.num_retractions for req in batch)
         return batch
 
     def _forward(self, input_ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

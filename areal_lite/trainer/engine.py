@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -117,6 +118,7 @@ class FSDPEngine:
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
         self.optimizer_steps = 0
+        self.timings = {"fwd_bwd": 0.0, "optimizer": 0.0}  # cumulative seconds on this rank
 
     # ------------------------------------------------------------------ set-up
 
@@ -212,24 +214,31 @@ class FSDPEngine:
         return build_microbatch(empty, [0], packed=True, device=self.device)
 
     @torch.no_grad()
-    def forward_logp(self, batch: SeqBatch, my_mbs: Sequence[Sequence[int]]) -> np.ndarray:
-        """Log-probs of every token of this rank's sequences ([N] over the whole batch; 0 elsewhere)."""
+    def forward_logp(self, batch: SeqBatch, my_mbs: Sequence[Sequence[int]], *, with_entropy: bool = False):
+        """Log-probs of every token of this rank's sequences ([N] over the whole batch; 0 elsewhere).
+
+        With `with_entropy`, returns (log-probs, entropies of the next-token distribution), both [N].
+        """
         assert self.model is not None
         self.model.eval()
         out = np.zeros(batch.input_ids.shape[0], np.float32)
+        ent_out = np.zeros(batch.input_ids.shape[0], np.float32) if with_entropy else None
         off = batch.offsets
         for seq_index in my_mbs:
             mb = build_microbatch(batch, seq_index, packed=self.spec.packing, device=self.device) if seq_index else self._dummy()
-            lp, _ = self._forward(mb, with_entropy=False)
+            lp, ent = self._forward(mb, with_entropy=with_entropy and bool(seq_index))
             if not seq_index:
                 continue
             lp = lp.float().cpu().numpy()
+            ent = ent.float().cpu().numpy() if ent is not None else None
             pos = 0
             for i in seq_index:
                 n = int(batch.seqlens[i])
                 out[off[i] : off[i] + n] = lp[pos : pos + n]
+                if ent_out is not None:
+                    ent_out[off[i] : off[i] + n] = ent[pos : pos + n]
                 pos += n
-        return out
+        return (out, ent_out) if with_entropy else out
 
     def train_minibatch(self, batch: SeqBatch, my_mbs: Sequence[Sequence[int]], loss_fn: LossFn) -> dict[str, float]:
         """One optimizer step over this rank's micro-batches of a minibatch.
@@ -243,6 +252,7 @@ class FSDPEngine:
         self.model.train()
         stats: dict[str, float] = {}
         n = len(my_mbs)
+        t0 = time.perf_counter()
         for k, seq_index in enumerate(my_mbs):
             self.model.set_requires_gradient_sync(k == n - 1)
             if seq_index:
@@ -258,6 +268,7 @@ class FSDPEngine:
                 lp, _ = self._forward(mb, with_entropy=False)
                 loss = lp.sum() * 0.0
             (loss * self.world_size).backward()
+        t1 = time.perf_counter()
         grad_norm = self._clip_and_norm()
         if math.isfinite(grad_norm):
             self.optimizer.step()
@@ -267,6 +278,8 @@ class FSDPEngine:
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.optimizer_steps += 1
+        self.timings["fwd_bwd"] += t1 - t0
+        self.timings["optimizer"] += time.perf_counter() - t1
         stats["grad_norm"] = grad_norm
         stats["lr"] = float(self.scheduler.get_last_lr()[0])
         return stats

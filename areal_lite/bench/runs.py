@@ -1,0 +1,239 @@
+"""Shared harness of the system benchmarks: real runs through the local launcher, summarised from metrics.
+
+Every run is `python -m areal_lite.launcher.local examples/math/gsm8k_drgrpo.py --config X.yaml` in a
+subprocess (real server, rollout worker(s), controller, FSDP trainer, weight sync), and everything
+reported is computed from the run's `metrics.jsonl`: each step logs its phase times (`time/*`),
+cumulative trainer counters (`time/elapsed`, `time/fwd_bwd_total`, `time/optimizer_total`) and the
+inference servers' cumulative counters from `/get_server_info` (`server/busy_time_s`,
+`server/paused_time_s`, `server/prefill_time_s`, `server/decode_time_s`, `server/queue_time_s`, ...).
+Windows exclude the first `warmup` steps (the pipeline filling up, first-call allocations).
+
+The workload: the tiny random-initialised Qwen2 model the launcher prepares, with extra stop tokens
+(`gconfig.stop_token_ids`) so that an answer ends with probability ≈ (stops + 1) / vocab per token:
+a geometric length distribution with a long tail (the longest of a batch is several times the
+mean) cut at `max_new_tokens`, as reasoning answers are.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+ENTRY = REPO / "examples" / "math" / "gsm8k_drgrpo.py"
+CPU_CONFIG = REPO / "examples" / "math" / "gsm8k_drgrpo_cpu.yaml"
+
+
+@dataclass
+class Workload:
+    """The knobs the benchmarks vary; everything else comes from the CPU example config."""
+
+    steps: int = 12
+    batch_size: int = 8  # prompts per step
+    n_samples: int = 4  # answers per prompt
+    max_new_tokens: int = 256
+    stop_tokens: int = 10  # extra stop ids → mean answer ≈ vocab / (stop_tokens + 1) tokens
+    num_workers: int = 1
+    eta: int = 2  # rollout.max_head_offpolicyness
+    hidden_size: int = 128
+    num_layers: int = 4
+    seed: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)  # further config overrides (nested dict)
+
+    def label(self) -> str:
+        return (f"eta{self.eta}-b{self.batch_size}x{self.n_samples}-len{self.max_new_tokens}"
+                f"-stop{self.stop_tokens}-w{self.num_workers}")
+
+
+def deep_merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def build_config(w: Workload, *, fileroot: Path, model_dir: Path, trial: str) -> dict:
+    base = yaml.safe_load(CPU_CONFIG.read_text())
+    over = {
+        "experiment_name": "bench",
+        "trial_name": trial,
+        "seed": w.seed,
+        "total_train_steps": w.steps,
+        "cluster": {"fileroot": str(fileroot)},
+        "allocation": {"device": "cpu", "inference": {"backend": "embedded", "num_servers": 1},
+                       "rollout": {"num_workers": w.num_workers}, "trainer": {"nnodes": 1, "nproc_per_node": 1}},
+        "prepare": {"model": "tiny", "sft": {"enabled": False},
+                    "tiny": {"hidden_size": w.hidden_size, "num_hidden_layers": w.num_layers,
+                             "intermediate_size": 2 * w.hidden_size, "max_position_embeddings": 1024}},
+        "train_dataset": {"batch_size": w.batch_size, "synthetic": {"num_records": 4096}},
+        "gconfig": {"n_samples": w.n_samples, "max_new_tokens": w.max_new_tokens, "temperature": 1.0,
+                    # Byte tokens 40.. (printable ASCII); never the digits the reward reads.
+                    "stop_token_ids": [i for i in range(40, 40 + w.stop_tokens)]},
+        "rollout": {"max_head_offpolicyness": w.eta},
+        "actor": {"path": str(model_dir)},
+        "server": {"context_length": 1024, "max_running_requests": 256},
+        "saver": {"save_final": False},
+        "evaluator": {"freq_steps": 0},
+        "stats_logger": {"wandb": {"mode": "disabled"}},
+    }
+    return deep_merge(deep_merge(base, over), w.extra)
+
+
+@dataclass
+class RunResult:
+    label: str
+    run_dir: Path
+    returncode: int
+    wall_s: float  # the launcher process, start to exit (includes start-up)
+    metrics: list[dict]
+    log_tail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and bool(self.metrics)
+
+
+def launch(w: Workload, *, root: Path, model_dir: Path, trial: str, timeout: float = 1800) -> RunResult:
+    """One real run through the local launcher; returns its metrics."""
+    cfg = build_config(w, fileroot=root / "runs", model_dir=model_dir, trial=trial)
+    cfg_path = root / f"{trial}.yaml"
+    root.mkdir(parents=True, exist_ok=True)
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+    t0 = time.monotonic()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "areal_lite.launcher.local", str(ENTRY), "--config", str(cfg_path)],
+                              capture_output=True, text=True, timeout=timeout, env=env, cwd=str(REPO))
+        rc, out = proc.returncode, proc.stdout + proc.stderr
+    except subprocess.TimeoutExpired as e:
+        rc, out = 124, f"timed out after {timeout}s\n{(e.stdout or b'')[-2000:]!r}"
+    wall = time.monotonic() - t0
+    rdir = root / "runs" / "bench" / trial
+    mpath = rdir / "metrics.jsonl"
+    metrics = [json.loads(line) for line in mpath.read_text().splitlines() if line.strip()] if mpath.is_file() else []
+    return RunResult(w.label(), rdir, rc, wall, metrics, "" if rc == 0 else out[-3000:])
+
+
+def _delta(metrics: list[dict], key: str, warmup: int) -> float | None:
+    """Increase of a cumulative counter from the end of step `warmup - 1` to the end of the last step."""
+    if not metrics or key not in metrics[-1]:
+        return None
+    start = metrics[warmup - 1].get(key, 0.0) if warmup > 0 else 0.0
+    return float(metrics[-1][key]) - float(start)
+
+
+def summarize(metrics: list[dict], warmup: int = 2) -> dict[str, Any]:
+    """The figures of one run over steps [warmup, K): wall, throughput, utilisations, staleness, reward."""
+    if not metrics:
+        return {}
+    warmup = min(warmup, max(0, len(metrics) - 1))
+    win = metrics[warmup:]
+
+    def total(key: str) -> float:
+        return float(sum(m.get(key, 0.0) for m in win))
+
+    wall = _delta(metrics, "time/elapsed", warmup)
+    if wall is None:
+        wall = total("time/step")
+    tokens = sum(m.get("throughput/trained_tokens_per_s", 0.0) * m.get("time/step", 0.0) for m in win)
+    gen_tokens = sum(m.get("throughput/trained_gen_tokens_per_s", 0.0) * m.get("time/step", 0.0) for m in win)
+    step_sum = total("time/step")
+    wait = total("time/wait_data")
+    out: dict[str, Any] = {
+        "steps": len(metrics),
+        "window_steps": len(win),
+        "wall_s": wall,
+        "wall_all_steps_s": _delta(metrics, "time/elapsed", 0) or float(sum(m.get("time/step", 0.0) for m in metrics)),
+        "trained_tokens": tokens,
+        "trained_tokens_per_s": tokens / max(wall, 1e-9),
+        "trained_gen_tokens_per_s": gen_tokens / max(wall, 1e-9),
+        "step_s_mean": step_sum / len(win),
+        "trainer_util": 1.0 - wait / max(step_sum, 1e-9),
+        "staleness_mean": sum(m.get("staleness/mean", 0.0) for m in win) / len(win),
+        "staleness_max": max(m.get("staleness/max", 0.0) for m in win),
+        "reward_first": metrics[0].get("reward/mean"),
+        "reward_final": sum(m.get("reward/mean", 0.0) for m in metrics[-3:]) / len(metrics[-3:]),
+        "gen_len_mean": sum(m.get("len/gen_mean", 0.0) for m in win) / len(win),
+        "gen_len_max": max(m.get("len/gen_max", 0.0) for m in win),
+        "truncated_frac": sum(m.get("len/truncated_frac", 0.0) for m in win) / len(win),
+    }
+    # Trainer phases, seconds per step (means over the window).
+    for key in ("wait_data", "prox_logp", "advantages", "train", "weight_sync", "weight_write", "weight_pause",
+                "checkpoint"):
+        out[f"phase_{key}_s"] = total(f"time/{key}") / len(win)
+    for key in ("fwd_bwd", "optimizer"):
+        d = _delta(metrics, f"time/{key}_total", warmup)
+        out[f"phase_{key}_s"] = None if d is None else d / len(win)
+    # Servers: fractions of the window's wall time (summed over servers, divided by their number).
+    uptime = _delta(metrics, "server/uptime_s", warmup)
+    if uptime:
+        for key in ("busy_time_s", "paused_time_s", "prefill_time_s", "decode_time_s"):
+            d = _delta(metrics, f"server/{key}", warmup)
+            out[f"server_{key[:-7]}_frac"] = None if d is None else d / uptime
+        admitted = _delta(metrics, "server/num_admitted", warmup) or 0.0
+        q = _delta(metrics, "server/queue_time_s", warmup)
+        out["server_queue_s_per_request"] = None if q is None or not admitted else q / admitted
+        out["server_requests"] = admitted
+        for key in ("prefill_time_s", "decode_time_s"):
+            d = _delta(metrics, f"server/{key}", warmup)
+            out[f"server_{key[:-7]}_s_per_step"] = None if d is None else d / len(win)
+    # Rollout latencies as the worker saw them (means over the trained samples).
+    for key in ("gen_latency_s", "reward_s", "buffer_wait_s"):
+        vals = [m[f"rollout/{key}"] for m in win if f"rollout/{key}" in m]
+        out[f"rollout_{key}"] = sum(vals) / len(vals) if vals else None
+    return out
+
+
+def machine() -> dict[str, Any]:
+    """The machine the figures come from (with the caveat that it may be shared)."""
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gib = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_gib = round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = None
+    gpu = None
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            gpu = torch.cuda.get_device_name(0)
+    except Exception:
+        pass
+    return {"nproc": os.cpu_count(), "cpu": cpu, "mem_gib": mem_gib, "gpu": gpu,
+            "loadavg_at_start": load, "python": sys.version.split()[0]}
+
+
+def fmt(v: Any, spec: str = ".2f") -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return format(v, spec)
+    return str(v)
+
+
+def md_table(headers: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
