@@ -203,6 +203,13 @@ def _check_experiment(cfg: ExperimentConfig) -> None:
             "actor.overlong_penalty.buffer_len",
             f"must be in (0, gconfig.max_new_tokens={g.max_new_tokens}]",
         )
+    if a.entropy_shaping.mode != "none":
+        _require(
+            not (a.kl_ctl > 0 and a.kl_in_reward),
+            "actor.entropy_shaping.mode",
+            "entropy shaping replaces the reward-based advantages: it cannot be combined with actor.kl_in_reward",
+        )
+        _require(a.entropy_shaping.beta >= 0, "actor.entropy_shaping.beta", "must be >= 0")
     ratio = a.group_filter.top_k_ratio
     _require(0 < ratio <= 1, "actor.group_filter.top_k_ratio", "must be in (0, 1]")
     _require(

@@ -12,6 +12,7 @@ The formulas live in `areal_lite.algo`; this module only wires them to the confi
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +62,28 @@ class PPOActor:
         """Log-probs of every token under `engine`'s current weights, gathered on all ranks ([N])."""
         return _allreduce_sum(engine.forward_logp(batch, self.layout(engine, batch)))
 
+    @property
+    def needs_entropy(self) -> bool:
+        """Entropy shaping needs the policy's per-token entropy before the advantages."""
+        return self.cfg.entropy_shaping.mode != "none"
+
+    def proximal(self, engine, batch: SeqBatch) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(proximal log-probs, entropies), both [N] on every rank, from one no-grad pass.
+
+        Log-probs when `recompute_logprob`, entropies when entropy shaping is on; (None, None) and
+        no pass when neither is wanted.
+        """
+        want_logp, want_ent = self.cfg.recompute_logprob, self.needs_entropy
+        if not (want_logp or want_ent):
+            return None, None
+        my_mbs = self.layout(engine, batch)
+        if not want_ent:
+            return _allreduce_sum(engine.forward_logp(batch, my_mbs)), None
+        logp, ent = engine.forward_logp(batch, my_mbs, with_entropy=True)
+        both = _allreduce_sum(np.concatenate([logp, ent]))
+        n = logp.shape[0]
+        return (both[:n] if want_logp else None), both[n:]
+
     def kl_per_token(self, logp: np.ndarray, ref_logp: np.ndarray) -> np.ndarray:
         """The configured KL estimate per token ([N]), for the KL-in-reward penalty."""
         kl = algo.kl_estimate(torch.from_numpy(logp), torch.from_numpy(ref_logp), self.cfg.kl_estimator,
@@ -69,8 +92,19 @@ class PPOActor:
 
     # ------------------------------------------------------------------ advantages
 
-    def compute_advantages(self, batch: SeqBatch, *, kl: np.ndarray | None = None) -> Advantages:
+    def compute_advantages(
+        self, batch: SeqBatch, *, kl: np.ndarray | None = None, entropy: np.ndarray | None = None
+    ) -> Advantages:
+        """Shaped rewards → group filter → advantages (adv_norm, or entropy shaping) → soft reweight.
+
+        `kl` ([N], for `kl_in_reward`) and `entropy` ([N], for `entropy_shaping`) are per-token arrays
+        over the whole batch, as `kl_per_token` and `proximal` return them.
+        """
         c = self.cfg
+        if self.needs_entropy and entropy is None:
+            raise ValueError("actor.entropy_shaping is on: compute_advantages needs the entropies from proximal()")
+        if self.needs_entropy and kl is not None:
+            raise ValueError("actor.entropy_shaping cannot be combined with actor.kl_in_reward")
         rewards = torch.from_numpy(batch.rewards.astype(np.float64))
         gen_lens = torch.from_numpy(batch.gen_lens())
         group_ids = torch.from_numpy(batch.group_ids)
@@ -99,7 +133,13 @@ class PPOActor:
         off = batch.offsets
         token_adv = np.zeros(batch.input_ids.shape[0], np.float32)
         mask_np = batch.loss_mask
-        if n.weighting == "sequence" and kl is None:
+        if self.needs_entropy:
+            token_adv_rows, sel, estats = self._entropy_shaped(batch, shaped, group_ids, kept, entropy)
+            stats.update(estats)
+            for r, i in enumerate(sel):
+                L = int(batch.seqlens[i])
+                token_adv[off[i] : off[i] + L] = token_adv_rows[r, :L].float().numpy()
+        elif n.weighting == "sequence" and kl is None:
             seq_adv = torch.zeros(batch.num_seqs, dtype=torch.float64)
             seq_adv[kept] = algo.normalize(
                 shaped[kept], group_ids[kept], mean_level=n.mean_level, std_level=n.std_level,
@@ -120,9 +160,9 @@ class PPOActor:
             values = shaped[kept].to(torch.float64)[:, None].expand(-1, max_len).clone()
             if kl is not None:
                 kl_rows = token_values_to_rows(batch, sel, kl.astype(np.float32), max_len).to(torch.float64)
-                kl_rows = kl_rows * mask
-                future_kl = torch.flip(torch.cumsum(torch.flip(kl_rows, [1]), 1), [1])
-                values = values - c.kl_ctl * future_kl
+                values = values + algo.kl_reward_to_go(kl_rows, mask, c.kl_ctl)
+                stats["reward/kl_penalty_mean"] = float(
+                    (kl_rows * mask).sum(dim=1).mean() * c.kl_ctl) if sel else 0.0
             values = values * mask
             adv_rows = algo.normalize(
                 values, group_ids[kept], mask=mask, mean_level=n.mean_level, std_level=n.std_level,
@@ -148,6 +188,36 @@ class PPOActor:
         )
         return Advantages(keep.numpy(), token_adv, stats)
 
+    def _entropy_shaped(self, batch, shaped, group_ids, kept, entropy):
+        """GTPO (token) or GRPO-S (sequence) advantages of the kept sequences, `[K, T]` rows."""
+        c, n = self.cfg, self.cfg.adv_norm
+        sel = kept.tolist()
+        max_len = int(batch.seqlens[sel].max()) if sel else 1
+        mask = token_values_to_rows(batch, sel, batch.loss_mask.astype(np.float32), max_len) > 0
+        ent_rows = token_values_to_rows(batch, sel, entropy.astype(np.float32), max_len).to(torch.float64)
+        r, g = shaped[kept].to(torch.float64), group_ids[kept]
+        beta = c.entropy_shaping.beta
+        if c.entropy_shaping.mode == "token":
+            x, positive = algo.gtpo_token_rewards(r, ent_rows, mask, g, beta=beta)
+            adv = algo.entropy_shaped_advantages(x, positive, g, mask=mask, unbiased=n.unbiased, eps=n.eps)
+        else:
+            x, positive = algo.grpo_s_rewards(r, ent_rows, mask, g, beta=beta)
+            adv = algo.entropy_shaped_advantages(x, positive, g, unbiased=n.unbiased, eps=n.eps)
+            adv = adv[:, None].expand(-1, max_len)
+        adv = torch.where(mask, adv, 0.0)
+        if c.group_filter.soft_reweight:
+            adv, sstats = algo.soft_reweight(adv, r, g)
+            soft = {f"train/soft_reweight_{k}": float(v) for k, v in sstats.items()}
+        else:
+            soft = {}
+        m = mask.to(torch.float64)
+        stats = {
+            "entropy_shaping/success_frac": float(positive.double().mean()) if sel else 0.0,
+            "entropy_shaping/entropy_mean": float((ent_rows * m).sum() / m.sum().clamp(min=1)),
+            **soft,
+        }
+        return adv, sel, stats
+
     # ------------------------------------------------------------------ update
 
     def ppo_update(
@@ -169,6 +239,7 @@ class PPOActor:
         behav = batch.behav_logp if (c.use_decoupled_loss and prox_logp is not None) else None
         totals: dict[str, float] = {}
         maxima: dict[str, float] = {}
+        t0 = time.perf_counter()
         for mb_seqs in minibatches:
             mb_seqs = np.sort(mb_seqs)
             gen = batch.gen_lens()[mb_seqs]
@@ -187,6 +258,7 @@ class PPOActor:
                     maxima[k] = max(maxima.get(k, float("-inf")), v)
                 else:
                     totals[k] = totals.get(k, 0.0) + v
+        totals["update_s"] = time.perf_counter() - t0
         return self._finalize_stats(totals, maxima, len(minibatches))
 
     def _loss(self, batch, mb, logp, entropy, old_logp, behav, ref_logp, token_adv, total_tokens, total_seqs):
@@ -243,8 +315,13 @@ class PPOActor:
             "entropy": totals.get("entropy_sum", 0.0) / n_tok,
             "train/trained_tokens": totals.get("n_tokens", 0.0) / max(n_minibatches, 1) * n_minibatches,
             "perf/padding_waste": 1.0 - totals.get("real_tokens", 0.0) / max(totals.get("model_tokens", 1.0), 1.0),
+            # Sequence tokens through forward + backward + optimizer, per second of the update (all ranks).
+            "perf/trained_tokens_per_s": totals.get("real_tokens", 0.0)
+            / max(totals.get("update_s", 0.0) / dist.get_world_size(), 1e-9),
         }
         for k, v in totals.items():
+            if k == "update_s":
+                continue
             if k.endswith("_sum") and k not in ("entropy_sum",):
                 out[f"ppo/{k[:-4]}_mean"] = v / n_tok
             elif k.endswith("_count"):

@@ -214,24 +214,31 @@ class FSDPEngine:
         return build_microbatch(empty, [0], packed=True, device=self.device)
 
     @torch.no_grad()
-    def forward_logp(self, batch: SeqBatch, my_mbs: Sequence[Sequence[int]]) -> np.ndarray:
-        """Log-probs of every token of this rank's sequences ([N] over the whole batch; 0 elsewhere)."""
+    def forward_logp(self, batch: SeqBatch, my_mbs: Sequence[Sequence[int]], *, with_entropy: bool = False):
+        """Log-probs of every token of this rank's sequences ([N] over the whole batch; 0 elsewhere).
+
+        With `with_entropy`, returns (log-probs, entropies of the next-token distribution), both [N].
+        """
         assert self.model is not None
         self.model.eval()
         out = np.zeros(batch.input_ids.shape[0], np.float32)
+        ent_out = np.zeros(batch.input_ids.shape[0], np.float32) if with_entropy else None
         off = batch.offsets
         for seq_index in my_mbs:
             mb = build_microbatch(batch, seq_index, packed=self.spec.packing, device=self.device) if seq_index else self._dummy()
-            lp, _ = self._forward(mb, with_entropy=False)
+            lp, ent = self._forward(mb, with_entropy=with_entropy and bool(seq_index))
             if not seq_index:
                 continue
             lp = lp.float().cpu().numpy()
+            ent = ent.float().cpu().numpy() if ent is not None else None
             pos = 0
             for i in seq_index:
                 n = int(batch.seqlens[i])
                 out[off[i] : off[i] + n] = lp[pos : pos + n]
+                if ent_out is not None:
+                    ent_out[off[i] : off[i] + n] = ent[pos : pos + n]
                 pos += n
-        return out
+        return (out, ent_out) if with_entropy else out
 
     def train_minibatch(self, batch: SeqBatch, my_mbs: Sequence[Sequence[int]], loss_fn: LossFn) -> dict[str, float]:
         """One optimizer step over this rank's micro-batches of a minibatch.

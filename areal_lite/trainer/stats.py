@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 logger = logging.getLogger("areal_lite.stats")
 
@@ -31,6 +31,39 @@ class Timer:
             yield
         finally:
             self.times[f"time/{name}"] = self.times.get(f"time/{name}", 0.0) + time.perf_counter() - t0
+
+
+def batch_metrics(batch, step: int, head_versions: Sequence[int], step_time: float) -> dict[str, float]:
+    """Reward, length, staleness and throughput statistics of one training batch (a `SeqBatch`).
+
+    `head_versions` are the policy versions at which each group's generation started; staleness of a
+    group is `step - head_version`.
+    """
+    import numpy as np
+
+    gen = batch.gen_lens().astype(np.float64)
+    prompt = np.asarray(batch.prompt_lens, np.float64)
+    stale = [step - v for v in head_versions] or [0]
+    token_versions = batch.versions[batch.loss_mask]
+    total_tokens = float(batch.seqlens.sum())
+    return {
+        "reward/mean": float(batch.rewards.mean()),
+        "reward/std": float(batch.rewards.std()),
+        "reward/max": float(batch.rewards.max()),
+        "reward/min": float(batch.rewards.min()),
+        "len/gen_mean": float(gen.mean()),
+        "len/gen_max": float(gen.max()),
+        "len/gen_min": float(gen.min()),
+        "len/prompt_mean": float(prompt.mean()),
+        "len/truncated_frac": float(batch.truncated.mean()),
+        "staleness/max": float(max(stale)),
+        "staleness/mean": float(np.mean(stale)),
+        # The newest weights any trained token came from: never ahead of the trainer (≤ step).
+        "staleness/newest_token_version": float(token_versions.max()) if token_versions.size else 0.0,
+        "train/num_seqs": float(batch.num_seqs),
+        "throughput/trained_tokens_per_s": total_tokens / max(step_time, 1e-9),
+        "throughput/trained_gen_tokens_per_s": float(gen.sum()) / max(step_time, 1e-9),
+    }
 
 
 def _clean(value: Any) -> Any:

@@ -43,7 +43,7 @@ from areal_lite.trainer.checkpoint import RecoverCheckpointer
 from areal_lite.trainer.comm import broadcast_groups
 from areal_lite.trainer.controller import RolloutController
 from areal_lite.trainer.engine import EngineSpec, FSDPEngine, init_distributed
-from areal_lite.trainer.stats import StatsLogger, Timer
+from areal_lite.trainer.stats import StatsLogger, Timer, batch_metrics
 from areal_lite.trainer.weight_sync import build_weight_sync
 from areal_lite.transport import Codec
 from areal_lite.utils.runenv import RunEnv
@@ -180,13 +180,13 @@ def train_main(cfg: ExperimentConfig, env: RunEnv) -> int:
             batch = batch_from_groups(groups)
 
             with timer("prox_logp"):
-                prox = actor.compute_logp(engine, batch) if cfg.actor.recompute_logprob else None
+                prox, entropy = actor.proximal(engine, batch)  # entropy only for entropy shaping
                 ref_logp = actor.compute_logp(ref, batch) if ref is not None else None
             with timer("advantages"):
                 kl = None
                 if ref_logp is not None and cfg.actor.kl_in_reward:
                     kl = actor.kl_per_token(prox if prox is not None else batch.behav_logp, ref_logp)
-                adv = actor.compute_advantages(batch, kl=kl)
+                adv = actor.compute_advantages(batch, kl=kl, entropy=entropy)
             with timer("train"):
                 train_stats = actor.ppo_update(engine, batch, adv, prox_logp=prox, ref_logp=ref_logp, step=step)
             with timer("weight_sync"):
@@ -244,26 +244,7 @@ def train_main(cfg: ExperimentConfig, env: RunEnv) -> int:
 
 
 def _batch_metrics(batch, step: int, head_versions: list[int], step_time: float) -> dict[str, float]:
-    gen = batch.gen_lens().astype(np.float64)
-    stale = [step - v for v in head_versions] or [0]
-    token_versions = batch.versions[batch.loss_mask]
-    total_tokens = float(batch.seqlens.sum())
-    return {
-        "reward/mean": float(batch.rewards.mean()),
-        "reward/std": float(batch.rewards.std()),
-        "reward/max": float(batch.rewards.max()),
-        "reward/min": float(batch.rewards.min()),
-        "len/gen_mean": float(gen.mean()),
-        "len/gen_max": float(gen.max()),
-        "len/truncated_frac": float(batch.truncated.mean()),
-        "staleness/max": float(max(stale)),
-        "staleness/mean": float(np.mean(stale)),
-        # The newest weights any trained token came from: never ahead of the trainer (≤ step).
-        "staleness/newest_token_version": float(token_versions.max()) if token_versions.size else 0.0,
-        "train/num_seqs": float(batch.num_seqs),
-        "throughput/trained_tokens_per_s": total_tokens / max(step_time, 1e-9),
-        "throughput/trained_gen_tokens_per_s": float(gen.sum()) / max(step_time, 1e-9),
-    }
+    return batch_metrics(batch, step, head_versions, step_time)  # reward, length, staleness, throughput
 
 
 def _perf_metrics(engine, buffered, admin, t_start: float) -> dict[str, float]:
