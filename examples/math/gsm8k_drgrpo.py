@@ -43,6 +43,7 @@ from areal_lite.trainer.checkpoint import RecoverCheckpointer
 from areal_lite.trainer.comm import broadcast_groups
 from areal_lite.trainer.controller import RolloutController
 from areal_lite.trainer.engine import EngineSpec, FSDPEngine, init_distributed
+from areal_lite.trainer.perf import perf_metrics
 from areal_lite.trainer.stats import StatsLogger, Timer, batch_metrics
 from areal_lite.trainer.weight_sync import build_weight_sync
 from areal_lite.transport import Codec
@@ -230,7 +231,8 @@ def train_main(cfg: ExperimentConfig, env: RunEnv) -> int:
             }
             if controller is not None:
                 metrics.update(controller.stats())
-            metrics.update(_perf_metrics(engine, buffered, admin, t_start))
+            t_data = t_step + timer.times.get("time/wait_data", 0.0)  # when the batch was in hand
+            metrics.update(perf_metrics(engine, buffered, admin, t_start, t_data))
             stats.commit(step, metrics)
 
         if cfg.saver.save_final:
@@ -245,31 +247,6 @@ def train_main(cfg: ExperimentConfig, env: RunEnv) -> int:
 
 def _batch_metrics(batch, step: int, head_versions: list[int], step_time: float) -> dict[str, float]:
     return batch_metrics(batch, step, head_versions, step_time)  # reward, length, staleness, throughput
-
-
-def _perf_metrics(engine, buffered, admin, t_start: float) -> dict[str, float]:
-    """Where the time went (for areal_lite.bench): trainer phases, rollout latencies, server counters.
-
-    Cumulative counters (time/elapsed, time/fwd_bwd_total, server/*_s) let a reader take differences
-    over any window of steps.
-    """
-    out = {"time/elapsed": time.monotonic() - t_start,
-           **{f"time/{k}_total": v for k, v in engine.timings.items()}}
-    if not buffered:
-        return out
-    now = time.monotonic()
-    samples = [s for b in buffered for s in b.group.samples]
-    out["rollout/gen_latency_s"] = float(np.mean([s.get("latency_s", 0.0) for s in samples]))
-    out["rollout/reward_s"] = float(np.mean([s.get("reward_s", 0.0) for s in samples]))
-    out["rollout/buffer_wait_s"] = float(np.mean([now - b.t_accept for b in buffered]))
-    try:
-        infos = admin.server_info()
-    except Exception:  # a server restarting: skip this step's server counters
-        return out
-    for key in ("busy_time_s", "paused_time_s", "prefill_time_s", "decode_time_s", "queue_time_s",
-                "num_admitted", "uptime_s", "generated_tokens"):
-        out[f"server/{key}"] = float(sum(float(i.get(key, 0.0)) for i in infos if isinstance(i, dict)))
-    return out
 
 
 def _broadcast_int(x: int) -> int:
