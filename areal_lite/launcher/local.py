@@ -85,12 +85,28 @@ class LocalSupervisor:
         child.done = False
         self._say(f"started {child.spec.name} (pid {child.proc.pid}, log {child.log_path})")
 
+    def _signal_group(self, child: Child, sig: int) -> None:
+        """Send `sig` to the child's whole process group (a no-op once the group is gone)."""
+        try:
+            os.killpg(child.proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def _tail(self, child: Child) -> str:
+        return tail(child.log_path)
+
+    def _read_metrics(self, pos: int) -> str:
+        """metrics.jsonl from byte offset `pos` ('' before the trainer writes it)."""
+        try:
+            with open(os.path.join(self.plan.run_dir, "metrics.jsonl"), "rb") as fh:
+                fh.seek(pos)
+                return fh.read().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
+
     def _kill(self, child: Child, sig: int) -> None:
         if child.proc is not None and child.proc.poll() is None:
-            try:
-                os.killpg(child.proc.pid, sig)
-            except ProcessLookupError:
-                pass
+            self._signal_group(child, sig)
 
     def stop_all(self, children: list[Child] | None = None) -> None:
         """SIGTERM every process group, then SIGKILL what is left after the grace period."""
@@ -106,10 +122,7 @@ class LocalSupervisor:
             except subprocess.TimeoutExpired:
                 pass
             # Kill the group even when the leader exited: torchrun's ranks may outlive it.
-            try:
-                os.killpg(c.proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+            self._signal_group(c, signal.SIGKILL)
             try:
                 c.proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
@@ -124,13 +137,13 @@ class LocalSupervisor:
                 rc = c.proc.poll() if c.proc else None
                 if rc is not None:
                     raise LaunchError(f"{c.spec.name} exited with status {rc} while starting; "
-                                      f"tail of {c.log_path}:\n{tail(c.log_path)}")
+                                      f"tail of {c.log_path}:\n{self._tail(c)}")
                 if _http_ok(c.spec.health_url):
                     pending.remove(c)
             if pending and time.monotonic() > deadline:
                 names = ", ".join(c.spec.name for c in pending)
                 raise LaunchError(f"{names} not healthy after {timeout:.0f}s; tail of {pending[0].log_path}:\n"
-                                  f"{tail(pending[0].log_path)}")
+                                  f"{self._tail(pending[0])}")
             time.sleep(POLL_S)
 
     # ------------------------------------------------------------------ main loop
@@ -199,7 +212,7 @@ class LocalSupervisor:
         if self.cfg.recover.mode == "disabled" or c.restarts >= self.cfg.recover.retries:
             why = "recover.mode is disabled" if self.cfg.recover.mode == "disabled" else \
                 f"it already restarted {c.restarts} time(s) (recover.retries={self.cfg.recover.retries})"
-            raise LaunchError(f"{what}; stopping the run ({why}). Tail of {c.log_path}:\n{tail(c.log_path)}")
+            raise LaunchError(f"{what}; stopping the run ({why}). Tail of {c.log_path}:\n{self._tail(c)}")
         c.restarts += 1
         self._say(f"{what}; restarting it ({c.restarts}/{self.cfg.recover.retries})")
         if c.spec.role == "trainer":
@@ -223,13 +236,7 @@ class LocalSupervisor:
     # ------------------------------------------------------------------ console
 
     def _print_progress(self) -> None:
-        path = os.path.join(self.plan.run_dir, "metrics.jsonl")
-        try:
-            with open(path) as fh:
-                fh.seek(self._metrics_pos)
-                chunk = fh.read()
-        except FileNotFoundError:
-            return
+        chunk = self._read_metrics(self._metrics_pos)
         if not chunk.endswith("\n"):
             chunk = chunk[: chunk.rfind("\n") + 1]
         self._metrics_pos += len(chunk.encode())
@@ -283,6 +290,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = load_for_launcher(argv, "areal_lite.launcher.local")
     cfg = args.cfg
+    if cfg.cluster.n_nodes > 1:
+        raise ConfigError(f"cluster.n_nodes={cfg.cluster.n_nodes}: the local launcher runs on one machine; "
+                          "use areal_lite.launcher.ray or areal_lite.launcher.slurm for several nodes")
     from areal_lite.config.schema import run_dir
 
     config_path = os.path.join(os.path.abspath(run_dir(cfg)), "config.yaml")
