@@ -6,7 +6,9 @@
         [--weight-version V] [--allowed-weight-dir DIR] [--debug-step-delay S] [--log-level info]
 
 Flag names are `sglang.launch_server`'s where they overlap. `--allowed-weight-dir` is ours: when set,
-`/update_weights_from_disk` refuses any `model_path` that does not resolve inside it. The launchers
+`/update_weights_from_disk` refuses any `model_path` that does not resolve inside it. The API key is
+read from `AREAL_LITE_API_KEY` when `--api-key` is not given: the launchers pass it that way, since a
+command line is visible to every user of the machine (`ps`). The launchers
 (local, Ray, Slurm) build this command line in `areal_lite.launcher.plan.server_command`.
 SIGTERM or SIGINT stops the server cleanly (exit 0); bad flags exit 2.
 """
@@ -19,6 +21,8 @@ import os
 import signal
 import sys
 from typing import Sequence
+
+from areal_lite.utils.runenv import ENV_API_KEY
 
 
 class _Parser(argparse.ArgumentParser):
@@ -33,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="Interface to bind (default loopback).")
     p.add_argument("--port", type=int, default=30000)
     p.add_argument("--skip-tokenizer-init", action="store_true", help="Token ids only; no tokenizer is loaded.")
-    p.add_argument("--api-key", default=None, help="Require 'Authorization: Bearer KEY' (not on /health).")
+    p.add_argument("--api-key", default=None,
+                   help=f"Require 'Authorization: Bearer KEY' (not on /health); default: ${ENV_API_KEY} if set.")
     p.add_argument("--context-length", type=int, default=None, help="Longest prompt + output (default: the model's).")
     p.add_argument("--max-running-requests", type=int, default=64, help="Requests decoded together.")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
@@ -52,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.api_key is None:
+        args.api_key = os.environ.get(ENV_API_KEY) or None
     if args.tp_size != 1:
         parser.error("--tp-size: the embedded engine runs on one device; use SGLang for tensor parallelism")
     if args.context_length is not None and args.context_length < 2:

@@ -16,9 +16,15 @@ from dataclasses import dataclass, field
 
 from areal_lite.config.schema import ExperimentConfig, resolved_trainer_world_size, run_dir
 from areal_lite.utils.net import free_port
-from areal_lite.utils.runenv import RunEnv, redact_env
+from areal_lite.utils.runenv import ENV_API_KEY, RunEnv, redact_env
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+# `python -c` body running `sglang.launch_server` with `--api-key $AREAL_LITE_API_KEY` appended.
+SGLANG_WITH_ENV_KEY = (
+    "import os, runpy, sys; "
+    f"sys.argv = ['sglang.launch_server', *sys.argv[1:], '--api-key', os.environ['{ENV_API_KEY}']]; "
+    "runpy.run_module('sglang.launch_server', run_name='__main__', alter_sys=True)"
+)
 
 
 @dataclass
@@ -102,7 +108,10 @@ def server_command(cfg: ExperimentConfig, *, host: str, port: int, seed: int, we
     if cfg.allocation.inference.backend == "sglang":
         from areal_lite.inference.sglang import build_sglang_command
 
-        return build_sglang_command(cfg, model_path=path, host=host, port=port, seed=seed)
+        cmd = build_sglang_command(cfg, model_path=path, host=host, port=port, seed=seed)
+        # SGLang takes its key only as `--api-key`; add it from the environment inside the process
+        # so that it never shows on a command line (`ps` lists those to every user).
+        return [cmd[0], "-c", SGLANG_WITH_ENV_KEY, *cmd[3:]] if multi_host(cfg) else cmd
     slow = ["--debug-step-delay", str(cfg.server.debug_step_delay_s)] if cfg.server.debug_step_delay_s > 0 else []
     return [
         sys.executable, "-m", "areal_lite.inference.launch_server",
@@ -180,7 +189,7 @@ def build_plan(
         if gpu:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, devices))
         if api_key:
-            env["AREAL_LITE_API_KEY"] = api_key
+            env[ENV_API_KEY] = api_key
         cmd = server_command(cfg, host=bind, port=port, seed=cfg.seed * 1000 + i, weights_dir=weights_dir)
         url = f"http://{url_host}:{port}"
         urls.append(url)
