@@ -275,6 +275,9 @@ class SlurmConfig:
     container_image: str = _f("", "Container image when container_type is not none.")
     container_mounts: List[str] = _f(factory=list, help="Bind mounts for the container (src:dst).")
     srun_extra_args: List[str] = _f(factory=list, help="Extra srun arguments for every step.")
+    sbatch_extra_args: List[str] = _f(
+        factory=list, help="Extra #SBATCH options for the job, e.g. ['--qos=high', '--constraint=h100']."
+    )
     poll_interval_s: float = _f(2.0, "Seconds between job-state checks.")
 
 
