@@ -34,6 +34,13 @@ from areal_lite.inference.weights import WeightLoadError
 logger = logging.getLogger("areal_lite.server")
 
 OPEN_PATH_PREFIXES = ("/health", "/ready", "/metrics")
+# The largest request body read (a full-context prompt as JSON ids is well under 1 MiB per 100k tokens);
+# a bigger one is refused with 413 before it is held in memory.
+MAX_BODY_BYTES = 32 << 20
+
+
+class BodyTooLarge(P.RequestError):
+    status = 413
 
 
 class _ServerState:
@@ -47,9 +54,26 @@ class _ServerState:
 
 
 def _bad(state: _ServerState, err: P.RequestError) -> JSONResponse:
+    status = getattr(err, "status", 400)
     state.rejected_requests += 1
-    logger.info("400 %s", err)
-    return JSONResponse(err.to_json(), status_code=400)
+    logger.info("%d %s", status, err)
+    body = err.to_json()
+    body["error"]["code"] = status
+    return JSONResponse(body, status_code=status)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, or BodyTooLarge once it passes `limit` bytes (declared or streamed)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(f"body: {declared} bytes is more than the limit of {limit}", "body")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"body: more than the limit of {limit} bytes", "body")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _success(ok: bool, message: str, **extra) -> JSONResponse:
@@ -144,8 +168,9 @@ def build_app(
     api_key: str | None = None,
     allowed_weight_dir: str | None = None,
     server_args: dict[str, Any] | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
 ) -> FastAPI:
-    """The FastAPI app serving `engine` (already started)."""
+    """The FastAPI app serving `engine` (already started); bodies over `max_body_bytes` get 413."""
     app = FastAPI(title="areal_lite embedded inference server", docs_url=None, redoc_url=None, openapi_url=None)
     state = _ServerState(engine, dict(server_args or {}), allowed_weight_dir)
     app.state.areal = state
@@ -153,7 +178,7 @@ def build_app(
         _add_api_key_middleware(app, api_key, state)
 
     async def parse(model, request: Request):
-        return P.parse_request(model, await request.body())
+        return P.parse_request(model, await _read_body(request, max_body_bytes))
 
     @app.api_route("/generate", methods=["POST", "PUT"])
     async def generate(request: Request):
