@@ -108,25 +108,28 @@ def _check_group(body: dict, arrays: dict) -> None:
     if missing:
         raise ProtocolError("bad_arrays", f"group lacks {', '.join(missing)}")
     seqlens = arrays["seqlens"]
-    if seqlens.ndim != 1 or (seqlens < 0).any():
+    # NOTE: plain Python on the few per-sample values; numpy calls on tiny arrays cost more than they save.
+    lens = seqlens.tolist() if seqlens.ndim == 1 else None
+    if lens is None or any(n < 0 for n in lens):
         raise ProtocolError("bad_arrays", "seqlens must be a 1-D array of non-negative lengths")
-    total = int(seqlens.sum())
+    total = sum(lens)
     for name in GROUP_TOKEN_ARRAYS:
         a = arrays[name]
         if a.ndim != 1 or a.shape[0] != total:
             raise ProtocolError("bad_arrays", f"{name} has shape {a.shape}, expected ({total},)")
     samples = body["samples"]
-    if len(samples) != seqlens.shape[0]:
-        raise ProtocolError("bad_body", f"{len(samples)} samples but {seqlens.shape[0]} sequences")
-    for s in samples:
-        if not isinstance(s, dict):
+    if len(samples) != len(lens):
+        raise ProtocolError("bad_body", f"{len(samples)} samples but {len(lens)} sequences")
+    # NOTE: exact `type(...) is` checks: msgpack builds exact built-in types, and bool is no number here.
+    for s, n in zip(samples, lens):
+        if type(s) is not dict:
             raise ProtocolError("bad_body", "each sample must be a map")
-        for key, types in SAMPLE_FIELDS.items():
-            if not isinstance(s.get(key), types) or isinstance(s.get(key), bool):
-                raise ProtocolError("bad_body", f"sample field {key} missing or of the wrong type")
-    lens = seqlens.tolist()
-    if any(s["prompt_len"] < 0 or s["prompt_len"] > n for s, n in zip(samples, lens)):
-        raise ProtocolError("bad_body", "a sample's prompt_len exceeds its sequence length")
+        prompt_len, reward = s.get("prompt_len"), s.get("reward")
+        if type(prompt_len) is not int or type(s.get("finish_reason")) is not str or (
+                type(reward) is not float and type(reward) is not int):
+            raise ProtocolError("bad_body", f"sample fields {', '.join(SAMPLE_FIELDS)} missing or of the wrong type")
+        if not 0 <= prompt_len <= n:
+            raise ProtocolError("bad_body", "a sample's prompt_len exceeds its sequence length")
 
 
 register_message("hello", {"worker_id": _req(STR), "pid": _req(INT), "host": _req(STR), "slots": _req(INT)})
@@ -164,6 +167,17 @@ def new_run_secret() -> bytes:
 
 def _reject_ext(code: int, data: bytes) -> Any:
     raise ProtocolError("bad_header", "msgpack extension types are not accepted")
+
+
+_DTYPES: dict[str, np.dtype] = {}
+
+
+def _dtype(name: str) -> np.dtype:
+    """np.dtype(name), cached (only registry-allowed names get here)."""
+    dt = _DTYPES.get(name)
+    if dt is None:
+        dt = _DTYPES[name] = np.dtype(name)
+    return dt
 
 
 def _frame_bytes(frame: Any) -> memoryview:
@@ -275,13 +289,14 @@ class Codec:
                 raise ProtocolError("bad_arrays", f"{mtype}: unexpected array {name[:40]!r}")
             if dtype not in allowed:
                 raise ProtocolError("bad_arrays", f"{name}: dtype {dtype[:10]!r} not in {allowed}")
-            if not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**40 for d in shape):
-                raise ProtocolError("bad_arrays", f"{name}: bad shape")
-            itemsize = np.dtype(dtype).itemsize
             count = 1
             for d in shape:
+                if type(d) is not int or not 0 <= d < 2**40:  # not bool, not float
+                    raise ProtocolError("bad_arrays", f"{name}: bad shape")
                 count *= d
-            if count * itemsize != view.nbytes:
+            dt = _dtype(dtype)
+            if count * dt.itemsize != view.nbytes:
                 raise ProtocolError("bad_arrays", f"{name}: {view.nbytes} bytes for shape {shape[:4]} {dtype}")
-            arrays[name] = np.frombuffer(view, dtype=np.dtype(dtype)).reshape(shape)
+            arr = np.frombuffer(view, dtype=dt)
+            arrays[name] = arr if len(shape) == 1 else arr.reshape(shape)
         return arrays

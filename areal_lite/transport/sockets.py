@@ -7,7 +7,8 @@
 | broadcast    | `Publisher`     (PUB)       | `AsyncSubscriber` (SUB)      |
 
 Receivers never raise on a bad message: it is counted in `rejected[reason]`, logged at most once per
-reason every few seconds, and the receiver goes on. Binding anywhere but loopback requires a codec
+reason every few seconds, and the receiver goes on. A receiver given `accept` (the message types of
+its channel) also rejects well-formed messages of other types (reason `unexpected_type`). Binding anywhere but loopback requires a codec
 with a secret (every message is then authenticated). Sockets close with LINGER 0, so closing never
 hangs on a dead peer.
 """
@@ -49,19 +50,6 @@ def _configure(sock: zmq.Socket, codec: Codec, *, receiver: bool) -> None:
     if receiver:
         # Per-frame cap enforced by libzmq (the peer is disconnected); the codec caps the whole message.
         sock.setsockopt(zmq.MAXMSGSIZE, codec.max_message_bytes)
-
-
-def _send_frames(frames: list[Any]) -> list[Any]:
-    """Large arrays go zero-copy; small frames as bytes."""
-    out = []
-    for f in frames:
-        if isinstance(f, np.ndarray) and f.nbytes >= ZERO_COPY_MIN_BYTES:
-            out.append(zmq.Frame(f, copy=False))
-        elif isinstance(f, np.ndarray):
-            out.append(f.tobytes())
-        else:
-            out.append(f)
-    return out
 
 
 class _Counting:
@@ -119,6 +107,18 @@ class _SyncBound(_Counting):
         ms = None if timeout is None else int(timeout * 1000)
         return bool(self.socket.poll(ms, zmq.POLLIN))
 
+    def _recv_frames(self, deadline: float | None) -> list[zmq.Frame] | None:
+        """The next multipart message, or None at `deadline` (monotonic seconds; None: wait forever)."""
+        while True:
+            try:
+                # NOTE: try first and poll only when nothing is queued: one syscall less per message.
+                return self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                pass
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not self._poll(remaining):
+                return None
+
     def close(self) -> None:
         self.socket.close(linger=0)
 
@@ -135,10 +135,10 @@ class PullReceiver(_SyncBound):
         """The next valid message, or None if none arrives within `timeout` seconds (0: don't wait)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not self._poll(remaining):
+            frames = self._recv_frames(deadline)
+            if frames is None:
                 return None
-            msg = self._decode(self.socket.recv_multipart(copy=False))
+            msg = self._decode(frames)
             if msg is not None:
                 return msg
 
@@ -155,10 +155,9 @@ class RouterServer(_SyncBound):
     def recv(self, timeout: float | None = None) -> tuple[bytes, Message] | None:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not self._poll(remaining):
+            frames = self._recv_frames(deadline)
+            if frames is None:
                 return None
-            frames = self.socket.recv_multipart(copy=False)
             if len(frames) < 2:
                 self._reject(ProtocolError("bad_frames", "no identity frame"))
                 continue
@@ -214,9 +213,12 @@ class AsyncPusher(_AsyncConnected):
 
     def _setup(self) -> None:
         self.socket.setsockopt(zmq.SNDHWM, 1000)
+        self.socket.copy_threshold = ZERO_COPY_MIN_BYTES
 
     async def send(self, type: str, body: dict, arrays: dict[str, np.ndarray] | None = None) -> None:
-        await self.socket.send_multipart(_send_frames(self.codec.encode(type, body, arrays)), copy=False)
+        # Arrays go as buffers: with copy=False, pyzmq sends those of at least `copy_threshold` bytes
+        # zero-copy (untracked) and copies smaller ones straight into the zmq message, no bytes object.
+        await self.socket.send_multipart(self.codec.encode(type, body, arrays), copy=False)
 
     async def send_group(self, group: TrajectoryGroup) -> None:
         await self.send(*group.to_message())
