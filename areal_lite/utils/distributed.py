@@ -31,8 +31,13 @@ def init_custom_process_group(
     Every member blocks here until all `world_size` members have joined or `timeout_s` passes.
     """
     timeout = timedelta(seconds=timeout_s)
-    url = f"tcp://{master_address}:{master_port}"
-    store, rank, world_size = next(c10d.rendezvous(url, rank, world_size, timeout=timeout))
+    # The store `c10d.rendezvous("tcp://...")` would make, built directly: under torchrun
+    # (TORCHELASTIC_USE_AGENT_STORE=True) the rendezvous turns rank 0 into a client of a store
+    # nobody hosts, and a trainer started by torchrun would wait for the servers forever.
+    store = dist.TCPStore(
+        host_name=master_address, port=master_port, world_size=world_size, is_master=rank == 0,
+        timeout=timeout, multi_tenant=True,
+    )
     store.set_timeout(timeout)
     pg, _ = c10d._new_process_group_helper(
         world_size,
