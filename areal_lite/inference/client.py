@@ -304,10 +304,14 @@ class InferenceClient:
 class ServerAdmin:
     """Control-plane calls to a set of servers (all at once), for the trainer and the launchers."""
 
-    def __init__(self, addrs: Sequence[str], *, api_key: str | None = None, timeout: float = 300.0):
+    def __init__(self, addrs: Sequence[str], *, api_key: str | None = None, timeout: float = 300.0,
+                 skip_unreachable: bool = False):
         self.addrs = [a.rstrip("/") for a in addrs]
         self.api_key = api_key
         self.timeout = timeout
+        # A server that refuses the connection (down, being restarted by the launcher) is logged and
+        # skipped instead of failing the call; its result is None.
+        self.skip_unreachable = skip_unreachable
 
     async def _call(self, session: aiohttp.ClientSession, method: str, url: str, payload: dict | None) -> Any:
         async with session.request(method, url, json=payload) as resp:
@@ -324,9 +328,15 @@ class ServerAdmin:
     async def acall_all(self, path: str, payload: dict | None = None, *, method: str = "POST") -> list[Any]:
         timeout = aiohttp.ClientTimeout(total=self.timeout)
         async with aiohttp.ClientSession(timeout=timeout, headers=_auth_headers(self.api_key)) as session:
-            return await asyncio.gather(
-                *(self._call(session, method, f"{a}{path}", payload) for a in self.addrs)
+            results = await asyncio.gather(
+                *(self._call(session, method, f"{a}{path}", payload) for a in self.addrs), return_exceptions=True
             )
+        for addr, r in zip(self.addrs, results):
+            if isinstance(r, aiohttp.ClientConnectionError) and self.skip_unreachable:
+                logger.warning("%s%s skipped: server unreachable (%s)", addr, path, type(r).__name__)
+            elif isinstance(r, BaseException):
+                raise r
+        return [None if isinstance(r, BaseException) else r for r in results]
 
     def call_all(self, path: str, payload: dict | None = None, *, method: str = "POST") -> list[Any]:
         """Synchronous `acall_all` for threads without an event loop (the trainer)."""

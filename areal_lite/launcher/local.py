@@ -232,6 +232,11 @@ class LocalSupervisor:
         self._spawn(c)
         if c.spec.role == "server":
             self._wait_healthy([c], self.cfg.server.startup_timeout)
+        if c.spec.role == "trainer":
+            # Workers that left on the failed trainer's shutdown message are needed by the new one.
+            for w in self.children:
+                if w.spec.role == "rollout" and w.done:
+                    self._spawn(w)
 
     # ------------------------------------------------------------------ console
 

@@ -32,7 +32,9 @@ logger = logging.getLogger("areal_lite.weight_sync")
 
 class DiskWeightSync:
     def __init__(self, admin: ServerAdmin | None, weights_dir: str, *, keep: int = 2):
-        self.admin = admin  # rank 0 only
+        # rank 0 only. A server that is down is skipped: the launcher restarts it from the newest weights/v{N}.
+        self.admin = admin and ServerAdmin(admin.addrs, api_key=admin.api_key, timeout=admin.timeout,
+                                           skip_unreachable=True)
         self.weights_dir = weights_dir
         self.keep = keep
 

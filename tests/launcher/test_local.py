@@ -1,0 +1,98 @@
+"""Faults through the real local launcher (real processes, tiny model): a killed server, a process that
+fails at start, Ctrl-C; and nothing left running afterwards. (A killed trainer resuming from its
+checkpoint is tests/e2e/test_recovery.py.)"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from tests.e2e.conftest import ENTRY, read_jsonl, run_dir, write_config
+from tests.launcher.helpers import Launch
+
+LOCAL = "areal_lite.launcher.local"
+
+
+@pytest.mark.timeout(600)
+def test_killed_server_is_restarted_and_the_run_finishes(tmp_path, tiny_model_dir):
+    cfg = write_config(tmp_path, tiny_model_dir, {"recover": {"mode": "auto", "retries": 2}})
+    launch = Launch(LOCAL, cfg, "total_train_steps=4")
+    rdir = run_dir(tmp_path)
+    launch.wait_for_step(rdir, 0)
+    os.kill(launch.pids["server0"], signal.SIGKILL)
+
+    rc = launch.wait(480)
+    out = launch.output
+    assert rc == 0, out
+    assert "server0 was killed by signal 9; restarting it (1/2)" in out
+    assert out.count("started server0") == 2
+    # The restarted server started from the newest weights the trainer had published.
+    cmd = launch.cmdlines[launch.pids["server0"]]
+    version = int(cmd[cmd.index("--weight-version") + 1])
+    assert version >= 1 and cmd[cmd.index("--model-path") + 1] == str(rdir / "weights" / f"v{version}"), cmd
+    assert [m["step"] for m in read_jsonl(rdir / "metrics.jsonl")] == [0, 1, 2, 3]
+    assert "training finished" in out
+    assert launch.leftovers() == []
+
+
+@pytest.mark.timeout(400)
+def test_killed_server_without_recovery_stops_the_run_naming_it(tmp_path, tiny_model_dir):
+    cfg = write_config(tmp_path, tiny_model_dir)  # recover.mode=disabled (the default)
+    launch = Launch(LOCAL, cfg, "total_train_steps=50")
+    launch.wait_for(lambda: "worker0" in launch.pids, "the rollout worker to start")
+    os.kill(launch.pids["server0"], signal.SIGKILL)
+    killed = time.monotonic()
+
+    rc = launch.wait(120)
+    out = launch.output
+    assert rc == 1, out
+    assert "error: server0 was killed by signal 9; stopping the run (recover.mode is disabled)" in out
+    assert f"Tail of {run_dir(tmp_path) / 'logs' / 'server0.log'}" in out
+    # Noticed within a second; stopping the rest takes the SIGTERM grace at most.
+    assert time.monotonic() - killed < 30
+    assert launch.leftovers() == []
+
+
+BROKEN_WORKER = '''
+import os, sys, time
+if os.environ.get("AREAL_LITE_ROLE") == "rollout":
+    print("worker: cannot reach the reward service (simulated)", flush=True)
+    sys.exit(3)
+time.sleep(600)  # a trainer that would wait for data forever
+'''
+
+
+@pytest.mark.timeout(300)
+def test_process_failing_at_start_is_named_with_its_log_tail(tmp_path, tiny_model_dir):
+    entry = tmp_path / "broken_entry.py"
+    entry.write_text(BROKEN_WORKER)
+    cfg = write_config(tmp_path, tiny_model_dir)
+    launch = Launch(LOCAL, cfg, entry=entry)
+    launch.wait_for(lambda: "worker0" in launch.pids, "the rollout worker to start")
+    started = time.monotonic()
+
+    rc = launch.wait(120)
+    out = launch.output
+    assert rc == 1, out
+    assert "error: worker0 exited with status 3; stopping the run" in out
+    assert "cannot reach the reward service (simulated)" in out  # the tail of its log
+    assert time.monotonic() - started < 30  # seconds, not the trainer's timeout
+    assert launch.leftovers() == []
+
+
+@pytest.mark.timeout(300)
+def test_ctrl_c_stops_every_child(tmp_path, tiny_model_dir):
+    cfg = write_config(tmp_path, tiny_model_dir)
+    launch = Launch(LOCAL, cfg, "total_train_steps=50", "allocation.trainer.nproc_per_node=2")
+    # Mid-run: torchrun, its two ranks and the worker (all running the entry script) are up.
+    launch.wait_for(lambda: sum(str(ENTRY) in " ".join(c) for c in launch.cmdlines.values()) >= 4,
+                    "the trainer ranks and the worker")
+    launch.proc.send_signal(signal.SIGINT)
+
+    rc = launch.wait(60)
+    assert rc == 130, launch.output
+    assert "received SIGINT: stopping every process" in launch.output
+    assert launch.leftovers() == []
