@@ -185,9 +185,12 @@ def slurm_env() -> dict:
     pytest.skip(why)
 
 
-def cpu_config(tmp_path: Path, model_dir: Path, entry_extra: dict | None = None) -> Path:
-    # The test cluster has 2 CPUs: ask for exactly those; the steps share them (srun --overlap).
-    return write_config(tmp_path, model_dir, {"cluster": {"n_cpus_per_node": 2}, **(entry_extra or {})})
+def cpu_config(tmp_path: Path, model_dir: Path, env: dict) -> Path:
+    # The test cluster has 2 CPUs: ask for at most those (never more than the node has); the steps
+    # share them (srun --overlap).
+    out = subprocess.run(["sinfo", "-h", "-o", "%c"], capture_output=True, text=True, timeout=20, env=env)
+    cpus = min([2] + [int(c) for c in out.stdout.split() if c.isdigit()])
+    return write_config(tmp_path, model_dir, {"cluster": {"n_cpus_per_node": cpus}})
 
 
 def job_id_of(stdout: str) -> str:
@@ -216,7 +219,7 @@ def assert_nothing_left(job_id: str, rdir: Path, env: dict, timeout: float = 30.
 
 @pytest.mark.timeout(300)
 def test_real_job_trains_end_to_end(tmp_path, tiny_model_dir, slurm_env):
-    cfg = cpu_config(tmp_path, tiny_model_dir)
+    cfg = cpu_config(tmp_path, tiny_model_dir, slurm_env)
     proc = launch("areal_lite.launcher.slurm", cfg, "total_train_steps=2", timeout=280, env=slurm_env)
     rdir = run_dir(tmp_path)
     assert proc.returncode == 0, explain(proc, rdir)
@@ -244,7 +247,7 @@ def test_real_job_trains_end_to_end(tmp_path, tiny_model_dir, slurm_env):
 def test_step_failing_at_start_fails_the_job_fast(tmp_path, tiny_model_dir, slurm_env):
     bad = tmp_path / "bad_entry.py"
     bad.write_text('raise RuntimeError("boom: this entry script fails at start")\n')
-    cfg = cpu_config(tmp_path, tiny_model_dir)
+    cfg = cpu_config(tmp_path, tiny_model_dir, slurm_env)
     t0 = time.monotonic()
     proc = launch("areal_lite.launcher.slurm", cfg, "total_train_steps=2", timeout=200, env=slurm_env, entry=bad)
     elapsed = time.monotonic() - t0
@@ -264,7 +267,7 @@ def test_step_failing_at_start_fails_the_job_fast(tmp_path, tiny_model_dir, slur
 
 @pytest.mark.timeout(240)
 def test_ctrl_c_cancels_the_job(tmp_path, tiny_model_dir, slurm_env):
-    cfg = cpu_config(tmp_path, tiny_model_dir)
+    cfg = cpu_config(tmp_path, tiny_model_dir, slurm_env)
     proc = subprocess.Popen(
         [sys.executable, "-m", "areal_lite.launcher.slurm", str(ENTRY), "--config", str(cfg), "total_train_steps=50"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=slurm_env,
