@@ -127,3 +127,22 @@ def test_lr_schedules():
     assert [g(s) for s in (0, 3, 4, 9)] == [0.25, 1.0, 1.0, 1.0]
     h = lr_lambda("linear", total=10, warmup=0, min_ratio=0.2)
     assert h(0) == 1.0 and h(5) == pytest.approx(0.6) and h(10) == pytest.approx(0.2)
+
+
+def test_entropy_shaping_config_is_checked(tmp_path):
+    from areal_lite.config import ConfigError, load_config
+
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"question": "1+1?", "answer": "2"}\n')
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"actor: {{path: {tmp_path}}}\ntrain_dataset: {{path: {data}, batch_size: 2, max_prompt_len: 64}}\n"
+                   f"gconfig: {{n_samples: 4, max_new_tokens: 32}}\ncluster: {{fileroot: {tmp_path}}}\n")
+    ok = load_config(["--config", str(cfg), "actor.entropy_shaping.mode=token"])
+    assert ok.actor.entropy_shaping.mode == "token"
+    with pytest.raises(ConfigError, match="actor.entropy_shaping.mode: .*kl_in_reward"):
+        load_config(["--config", str(cfg), "actor.entropy_shaping.mode=sequence", "actor.kl_ctl=0.1",
+                     "actor.kl_in_reward=true"])
+    with pytest.raises(ConfigError, match="actor.entropy_shaping.beta: must be >= 0"):
+        load_config(["--config", str(cfg), "actor.entropy_shaping.mode=token", "actor.entropy_shaping.beta=-1"])
+    with pytest.raises(ConfigError, match="actor.entropy_shaping.mode: 'tokens' is not one of"):
+        load_config(["--config", str(cfg), "actor.entropy_shaping.mode=tokens"])
