@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 import shlex
+import shutil
 import sys
 import uuid
 from dataclasses import dataclass, field
@@ -103,7 +104,13 @@ def torch_threads(cfg: ExperimentConfig, cores: int) -> int:
 
 def server_command(cfg: ExperimentConfig, *, host: str, port: int, seed: int, weights_dir: str,
                    model_path: str | None = None, weight_version: int = 0) -> list[str]:
-    """The command line of one inference server (embedded engine or SGLang)."""
+    """The command line of one inference server (embedded engine or SGLang).
+
+    A `model_path` inside `weights_dir` (a restart from the trainer's newest weights) is pinned
+    first: the trainer prunes old `v{N}` folders while the new server is still starting.
+    """
+    if model_path is not None and _inside(model_path, weights_dir):
+        model_path, weight_version = pin_newest_weights(weights_dir, f"server-{port}")
     path = model_path or cfg.actor.path
     if cfg.allocation.inference.backend == "sglang":
         from areal_lite.inference.sglang import build_sglang_command
@@ -128,6 +135,36 @@ def server_command(cfg: ExperimentConfig, *, host: str, port: int, seed: int, we
         "--allowed-weight-dir", weights_dir,
         *slow,
     ]
+
+
+def _inside(path: str, root: str) -> bool:
+    path, root = os.path.realpath(path), os.path.realpath(root)
+    return os.path.commonpath([path, root]) == root
+
+
+def pin_newest_weights(weights_dir: str, name: str) -> tuple[str, int]:
+    """Hard-link the newest complete `weights/v{N}` into `weights/pinned/{name}`; returns (path, N).
+
+    Links cost no space, and the trainer's pruning (which removes only `v{N}` names) cannot pull the
+    files from under a server that is loading them. A folder pruned while it is being linked is
+    skipped for the next newest.
+    """
+    dest = os.path.join(weights_dir, "pinned", name)
+    for _ in range(20):
+        versions = sorted((int(n[1:]) for n in os.listdir(weights_dir) if n[:1] == "v" and n[1:].isdigit()),
+                          reverse=True)
+        for version in versions:
+            src = os.path.join(weights_dir, f"v{version}")
+            shutil.rmtree(dest, ignore_errors=True)
+            try:
+                os.makedirs(dest)
+                for f in os.listdir(src):
+                    os.link(os.path.join(src, f), os.path.join(dest, f))
+            except FileNotFoundError:
+                continue
+            if os.path.isfile(os.path.join(dest, "config.json")):
+                return dest, version
+    raise FileNotFoundError(f"no complete weights under {weights_dir}")
 
 
 def build_plan(

@@ -1,0 +1,42 @@
+"""A server restarted from the trainer's newest weights must not lose them to the trainer's pruning
+(found by test_random_kills: the launcher chose weights/v3, the trainer pruned it before the new server
+read it, and the restart failed)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+
+from areal_lite.launcher.plan import pin_newest_weights
+
+
+def test_pinned_weights_survive_concurrent_write_and_prune(tmp_path):
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    stop = threading.Event()
+
+    def trainer():  # write v{N} (tmp + rename, as weight_sync does), prune all but the newest two
+        n = 0
+        while not stop.is_set():
+            tmp = weights / f"v{n}.tmp"
+            tmp.mkdir()
+            for f in ("model.safetensors", "config.json"):
+                (tmp / f).write_text(f"{n}")
+            os.replace(tmp, weights / f"v{n}")
+            shutil.rmtree(weights / f"v{n - 2}", ignore_errors=True)
+            n += 1
+
+    (weights / "v0").mkdir()
+    (weights / "v0" / "config.json").write_text("0")
+    t = threading.Thread(target=trainer)
+    t.start()
+    try:
+        for i in range(300):
+            path, version = pin_newest_weights(str(weights), "server-1")
+            assert sorted(os.listdir(path)) in (["config.json"], ["config.json", "model.safetensors"])
+            assert (weights / "pinned" / "server-1" / "config.json").read_text() == str(version)
+    finally:
+        stop.set()
+        t.join()
+    assert not (weights / "pinned" / "server-1").is_symlink()
