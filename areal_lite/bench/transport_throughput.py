@@ -48,10 +48,10 @@ def make_group(nbytes: int, seed: int = 0) -> TrajectoryGroup:
     mask = np.ones(n, np.uint8)
     return TrajectoryGroup(
         prompt_id="0:0", worker_id="bench",
-        samples=[{"prompt_len": 1, "reward": 1.0, "finish_reason": "length"} for _ in range(SAMPLES_PER_GROUP)],
         input_ids=rng.integers(0, 150_000, n).astype(np.int32), loss_mask=mask,
         behav_logp=-rng.random(n).astype(np.float32), versions=np.zeros(n, np.int32),
-        seqlens=np.full(SAMPLES_PER_GROUP, per, np.int32),
+        seqlens=np.full(SAMPLES_PER_GROUP, per, np.int32), prompt_lens=np.ones(SAMPLES_PER_GROUP, np.int32),
+        rewards=np.ones(SAMPLES_PER_GROUP), finish_reasons=["length"] * SAMPLES_PER_GROUP,
     )
 
 

@@ -1,4 +1,10 @@
-"""Trajectory groups as they travel: the samples of one prompt, token arrays concatenated."""
+"""Trajectory groups as they travel: the samples of one prompt, all their numbers in one buffer.
+
+A group's per-token arrays (every sample's tokens back to back, split by `seqlens`) and per-sample
+numbers (`rewards`, `seqlens`, `prompt_lens`) are views of one packed buffer, laid out as the wire's
+data frame (`protocol.GROUP_SECTIONS`): a worker sends it without copying, the trainer receives it
+as views of the frame. Per-sample strings and extra scalars travel in the msgpack header, as columns.
+"""
 
 from __future__ import annotations
 
@@ -7,24 +13,57 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from areal_lite.transport.protocol import Codec, Message
+from areal_lite.transport.protocol import (
+    GROUP_BYTES_PER_SAMPLE,
+    GROUP_BYTES_PER_TOKEN,
+    GROUP_SECTIONS,
+    Codec,
+    Message,
+    group_sections,
+)
 
 GROUP = "group"
+_ARRAYS = tuple(name for name, _, _ in GROUP_SECTIONS)  # the packed arrays, in buffer order
+_INFO_TYPES = (bool, int, float, str)
 
 
-@dataclass
+@dataclass(eq=False)
 class TrajectoryGroup:
-    """One prompt's samples; token arrays are all samples back to back, split by `seqlens`."""
+    """One prompt's n samples. Construction packs the arrays (converted to the wire dtypes) into one buffer."""
 
     prompt_id: str
     worker_id: str
-    samples: list[dict[str, Any]]  # per sample: prompt_len, reward, finish_reason, plus timing/info scalars
-    input_ids: np.ndarray  # [N] int32
+    input_ids: np.ndarray  # [N] int32, all samples back to back
     loss_mask: np.ndarray  # [N] uint8
     behav_logp: np.ndarray  # [N] float32
     versions: np.ndarray  # [N] int32
     seqlens: np.ndarray  # [n] int32
-    meta: dict[str, Any] = field(default_factory=dict)
+    prompt_lens: np.ndarray  # [n] int32
+    rewards: np.ndarray  # [n] float64
+    finish_reasons: list[str]  # [n]
+    info: dict[str, list[Any]] = field(default_factory=dict)  # per-sample scalars by name; None: absent
+    meta: dict[str, Any] = field(default_factory=dict)  # per group (e.g. reward_failures)
+    data: np.ndarray | None = field(default=None, repr=False)  # the packed buffer (uint8); None: pack
+
+    def __post_init__(self) -> None:
+        if self.data is None:
+            self._pack()
+        self._views = tuple(getattr(self, name) for name in _ARRAYS)
+
+    def _pack(self) -> None:
+        n, n_tokens = len(self.seqlens), len(self.input_ids)
+        if not len(self.prompt_lens) == len(self.rewards) == len(self.finish_reasons) == n:
+            raise ValueError(f"per-sample fields must all have {n} entries (one per sequence length)")
+        data = np.empty(GROUP_BYTES_PER_SAMPLE * n + GROUP_BYTES_PER_TOKEN * n_tokens, np.uint8)
+        views = group_sections(data, n, n_tokens)
+        for name in _ARRAYS:
+            src = np.asarray(getattr(self, name))
+            if src.shape != views[name].shape:
+                raise ValueError(f"{name} has shape {src.shape}, expected {views[name].shape}")
+            views[name][...] = src  # converts (bool → uint8, big → little endian)
+        for name in _ARRAYS:
+            setattr(self, name, views[name])
+        self.data = data
 
     @classmethod
     def from_trajectories(cls, *, prompt_id: str, worker_id: str, trajectories: Sequence[Any],
@@ -32,52 +71,66 @@ class TrajectoryGroup:
         """From objects with input_ids, loss_mask, behav_logp, versions (arrays), reward, prompt_len,
         finish_reason and an `info` dict of scalars (rollout.workflow.Trajectory)."""
         cat = np.concatenate
-        samples = [
-            {"prompt_len": int(t.prompt_len), "reward": float(t.reward), "finish_reason": str(t.finish_reason),
-             **{k: v for k, v in (t.info or {}).items() if isinstance(v, (int, float, str, bool))}}
-            for t in trajectories
-        ]
+        infos = [t.info or {} for t in trajectories]
+        keys = sorted({k for i in infos for k, v in i.items() if isinstance(v, _INFO_TYPES)})
         return cls(
             prompt_id=prompt_id,
             worker_id=worker_id,
-            samples=samples,
             input_ids=cat([np.asarray(t.input_ids, np.int32) for t in trajectories]),
             loss_mask=cat([np.asarray(t.loss_mask, np.uint8) for t in trajectories]),
             behav_logp=cat([np.asarray(t.behav_logp, np.float32) for t in trajectories]),
             versions=cat([np.asarray(t.versions, np.int32) for t in trajectories]),
             seqlens=np.asarray([len(t.input_ids) for t in trajectories], np.int32),
+            prompt_lens=np.asarray([int(t.prompt_len) for t in trajectories], np.int32),
+            rewards=np.asarray([float(t.reward) for t in trajectories], np.float64),
+            finish_reasons=[str(t.finish_reason) for t in trajectories],
+            info={k: [i[k] if isinstance(i.get(k), _INFO_TYPES) else None for i in infos] for k in keys},
             meta=dict(meta or {}),
         )
 
     def to_message(self) -> tuple[str, dict, dict[str, np.ndarray]]:
-        body = {"worker_id": self.worker_id, "prompt_id": self.prompt_id, "samples": self.samples}
+        body: dict[str, Any] = {"worker_id": self.worker_id, "prompt_id": self.prompt_id,
+                                "finish_reason": self.finish_reasons}
+        if self.info:
+            body["info"] = self.info
         if self.meta:
             body["meta"] = self.meta
-        arrays = {
-            "input_ids": self.input_ids.astype(np.int32, copy=False),
-            "loss_mask": self.loss_mask.astype(np.uint8, copy=False),
-            "behav_logp": self.behav_logp.astype(np.float32, copy=False),
-            "versions": self.versions.astype(np.int32, copy=False),
-            "seqlens": self.seqlens.astype(np.int32, copy=False),
-        }
-        return GROUP, body, arrays
+        if all(a is b for a, b in zip(self._views, (getattr(self, name) for name in _ARRAYS))):
+            data = self.data
+        else:  # an array was replaced after construction: pack a copy (this group is left as it is)
+            data = TrajectoryGroup(**{**self._fields(), "data": None}).data
+        return GROUP, body, {"data": data}
+
+    def _fields(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
     @classmethod
     def from_message(cls, msg: Message) -> "TrajectoryGroup":
+        """From a decoded group message: the arrays are views of the received data frame (no copy)."""
         if msg.type != GROUP:
             raise ValueError(f"not a group message: {msg.type}")
         a, b = msg.arrays, msg.body
-        return cls(
-            prompt_id=b["prompt_id"],
-            worker_id=b["worker_id"],
-            samples=b["samples"],
-            input_ids=a["input_ids"],
-            loss_mask=a["loss_mask"].view(np.uint8),
-            behav_logp=a["behav_logp"],
-            versions=a["versions"],
-            seqlens=a["seqlens"],
-            meta=b.get("meta", {}),
+        # NOTE: no __init__ (nothing to pack: the codec validated the message and made the views).
+        group = cls.__new__(cls)
+        group.__dict__.update(
+            prompt_id=b["prompt_id"], worker_id=b["worker_id"], input_ids=a["input_ids"], loss_mask=a["loss_mask"],
+            behav_logp=a["behav_logp"], versions=a["versions"], seqlens=a["seqlens"], prompt_lens=a["prompt_lens"],
+            rewards=a["rewards"], finish_reasons=b["finish_reason"], info=b.get("info") or {},
+            meta=b.get("meta") or {}, data=a["data"],
         )
+        group._views = tuple([a[name] for name in _ARRAYS])
+        return group
+
+    @property
+    def samples(self) -> list[dict[str, Any]]:
+        """Per-sample dicts (prompt_len, reward, finish_reason, plus the info scalars present), built on access."""
+        out = [{"prompt_len": p, "reward": r, "finish_reason": f}
+               for p, r, f in zip(self.prompt_lens.tolist(), self.rewards.tolist(), self.finish_reasons)]
+        for key, column in self.info.items():
+            for s, v in zip(out, column):
+                if v is not None:
+                    s[key] = v
+        return out
 
     @property
     def num_samples(self) -> int:
@@ -85,7 +138,7 @@ class TrajectoryGroup:
 
     @property
     def nbytes(self) -> int:
-        return sum(x.nbytes for x in (self.input_ids, self.loss_mask, self.behav_logp, self.versions, self.seqlens))
+        return sum(getattr(self, name).nbytes for name in _ARRAYS)
 
 
 def encode_group(codec: Codec, group: TrajectoryGroup) -> list[Any]:

@@ -1,15 +1,29 @@
 """The wire format: a msgpack header frame, raw array frames, an optional HMAC frame. No pickle.
 
-    frame 0      msgpack map {"v": PROTOCOL_VERSION, "t": type, "run": run_id, "b": body, "a": [[name, dtype, shape], ...]}
+    frame 0      msgpack map {"v": PROTOCOL_VERSION, "t": type, "run": run_id, "b": body,
+                              "a": [[name, dtype, shape], ...]}
     frame 1..n   the raw bytes of each array in "a", in order (C-contiguous, little-endian numpy dtypes)
     last frame   HMAC-SHA256(secret, each preceding frame as an 8-byte length + its bytes), when a secret is set
 
-Small messages are one frame (plus the MAC). Decoding checks, in order: frame count and total size
-against the cap; the MAC (constant-time) when a secret is set; frame 0 is a msgpack map with exactly
-the keys above (no extension types); the protocol version; the run id; a registered message type;
-the body's fields and their types (required present, unknown rejected); each array's name, dtype and
-shape against the registry and its frame length. Any failure raises `ProtocolError(reason)`, which
-receivers count by reason while they keep running.
+Small messages are one frame (plus the MAC). A trajectory group (type "group") is two: its header
+body holds worker_id, prompt_id, the per-sample `finish_reason` list, optional `info` columns
+(name → one scalar or nil per sample) and optional `meta` (per group, e.g. reward_failures); its one
+array, "data" (uint8), packs every number of the group, for n samples and N tokens in all:
+
+    rewards f8[n] | seqlens i4[n] | prompt_lens i4[n] |
+    input_ids i4[N] | versions i4[N] | behav_logp f4[N] | loss_mask u1[N]
+
+(`GROUP_SECTIONS`; 16·n + 13·N bytes, each section aligned to its item size). One frame per group
+keeps per-frame costs and per-array checks off the path; the receiver's arrays are views of it.
+
+Decoding checks, in order: frame count and total size against the cap; the MAC (constant-time) when
+a secret is set; frame 0 is a msgpack map with exactly the keys above (no extension types); the
+protocol version; the run id; a registered message type; the body's fields and their exact types
+(required present, unknown rejected); each array's name, dtype and shape against the registry and
+its frame length; then the type's own check (a group: n from `finish_reason`, N from the data
+length, the lengths adding up to N, 0 ≤ prompt_len ≤ length, the columns' lengths and scalar types,
+reward_failures in [0, n]). Any failure raises `ProtocolError(reason)`, which receivers count by
+reason while they keep running.
 """
 
 from __future__ import annotations
@@ -22,8 +36,9 @@ from typing import Any, Callable, Iterable, Sequence
 
 import msgpack
 import numpy as np
+import zmq
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: a group's numbers in one data frame, per-sample fields as columns
 DEFAULT_MAX_MESSAGE_BYTES = 256 << 20
 MAC_BYTES = 32
 MAX_FRAMES = 16
@@ -57,7 +72,14 @@ FieldSpec = tuple[tuple[type, ...], bool]
 class MessageSpec:
     fields: dict[str, FieldSpec]
     arrays: dict[str, tuple[str, ...]] = field(default_factory=dict)  # name -> allowed dtype strings
-    check: Callable[[dict, dict], None] | None = None  # extra validation (body, arrays) -> raise ProtocolError
+    # extra validation (body, arrays): raises ProtocolError, or returns the arrays the receiver gets (None: as sent)
+    check: Callable[[dict, dict], dict | None] | None = None
+
+    def __post_init__(self) -> None:
+        # (key, exact types, required): msgpack builds exact built-in types, so `type(v) in types` is
+        # isinstance without subclasses (a bool is no int here unless bool is listed).
+        plan = tuple((key, frozenset(types), required) for key, (types, required) in self.fields.items())
+        object.__setattr__(self, "plan", plan)
 
 
 REGISTRY: dict[str, MessageSpec] = {}
@@ -70,7 +92,7 @@ MAP = (dict,)
 
 
 def register_message(name: str, fields: dict[str, FieldSpec], arrays: dict[str, tuple[str, ...]] | None = None,
-                     check: Callable[[dict, dict], None] | None = None) -> None:
+                     check: Callable[[dict, dict], dict | None] | None = None) -> None:
     """Add (or replace) a message type; receivers reject types that are not registered."""
     REGISTRY[name] = MessageSpec(dict(fields), dict(arrays or {}), check)
 
@@ -91,6 +113,11 @@ def _check_grant(body: dict, arrays: dict) -> None:
             raise ProtocolError("bad_body", "grant item prompt_id must be str and record a map")
 
 
+def _check_reject(body: dict, arrays: dict) -> None:
+    if body.get("reward_failures", 0) < 0:
+        raise ProtocolError("bad_body", "reject reward_failures must be >= 0")
+
+
 def _check_str_list(key: str) -> Callable[[dict, dict], None]:
     def check(body: dict, arrays: dict) -> None:
         if not all(isinstance(x, str) for x in body[key]):
@@ -99,44 +126,81 @@ def _check_str_list(key: str) -> Callable[[dict, dict], None]:
     return check
 
 
-GROUP_TOKEN_ARRAYS = ("input_ids", "loss_mask", "behav_logp", "versions")
-SAMPLE_FIELDS: dict[str, tuple[type, ...]] = {"prompt_len": INT, "reward": NUM, "finish_reason": STR}
+# A trajectory group's numbers travel in ONE frame ("data"), sections back to back, for n samples and N
+# tokens (all samples' tokens concatenated); 8-byte items first, so every section is aligned to its itemsize:
+GROUP_SECTIONS: tuple[tuple[str, str, bool], ...] = (  # (name, dtype, per token? else per sample)
+    ("rewards", "<f8", False),
+    ("seqlens", "<i4", False),
+    ("prompt_lens", "<i4", False),
+    ("input_ids", "<i4", True),
+    ("versions", "<i4", True),
+    ("behav_logp", "<f4", True),
+    ("loss_mask", "|u1", True),
+)
+GROUP_BYTES_PER_SAMPLE = 16
+GROUP_BYTES_PER_TOKEN = 13
+_INFO_TYPES = frozenset({type(None), bool, int, float, str})
+_STR_ONLY = frozenset({str})
 
 
-def _check_group(body: dict, arrays: dict) -> None:
-    missing = [n for n in (*GROUP_TOKEN_ARRAYS, "seqlens") if n not in arrays]
-    if missing:
-        raise ProtocolError("bad_arrays", f"group lacks {', '.join(missing)}")
-    seqlens = arrays["seqlens"]
+_F8, _I4, _F4, _U1 = np.dtype("<f8"), np.dtype("<i4"), np.dtype("<f4"), np.dtype("|u1")
+
+
+def group_sections(data: Any, n: int, n_tokens: int) -> dict[str, np.ndarray]:
+    """Views of the sections of a group's data buffer (uint8, 16·n + 13·N bytes), laid out as GROUP_SECTIONS."""
+    # NOTE: unrolled (tests check it against GROUP_SECTIONS): this runs once per received group.
+    fb, t = np.frombuffer, 4 * n_tokens
+    o1 = 8 * n
+    o2 = o1 + 4 * n
+    o3 = o2 + 4 * n
+    o4 = o3 + t
+    o5 = o4 + t
+    o6 = o5 + t
+    return {"rewards": fb(data, _F8, n, 0), "seqlens": fb(data, _I4, n, o1), "prompt_lens": fb(data, _I4, n, o2),
+            "input_ids": fb(data, _I4, n_tokens, o3), "versions": fb(data, _I4, n_tokens, o4),
+            "behav_logp": fb(data, _F4, n_tokens, o5), "loss_mask": fb(data, _U1, n_tokens, o6)}
+
+
+def _check_group(body: dict, arrays: dict) -> dict:
+    reasons = body["finish_reason"]
+    n = len(reasons)
+    data = arrays.get("data")
+    if data is None or data.ndim != 1:
+        raise ProtocolError("bad_arrays", "a group has one 1-D data array")
+    tail = data.shape[0] - GROUP_BYTES_PER_SAMPLE * n
+    if tail < 0 or tail % GROUP_BYTES_PER_TOKEN:
+        raise ProtocolError("bad_arrays", f"{data.shape[0]} data bytes do not fit {n} samples")
+    n_tokens = tail // GROUP_BYTES_PER_TOKEN
+    views = group_sections(data, n, n_tokens)
     # NOTE: plain Python on the few per-sample values; numpy calls on tiny arrays cost more than they save.
-    lens = seqlens.tolist() if seqlens.ndim == 1 else None
-    if lens is None or any(n < 0 for n in lens):
-        raise ProtocolError("bad_arrays", "seqlens must be a 1-D array of non-negative lengths")
-    total = sum(lens)
-    for name in GROUP_TOKEN_ARRAYS:
-        a = arrays[name]
-        if a.ndim != 1 or a.shape[0] != total:
-            raise ProtocolError("bad_arrays", f"{name} has shape {a.shape}, expected ({total},)")
-    samples = body["samples"]
-    if len(samples) != len(lens):
-        raise ProtocolError("bad_body", f"{len(samples)} samples but {len(lens)} sequences")
+    lens, plens = views["seqlens"].tolist(), views["prompt_lens"].tolist()
+    if sum(lens) != n_tokens or min(lens, default=0) < 0:
+        raise ProtocolError("bad_arrays", f"sequence lengths do not add up to the {n_tokens} tokens sent")
+    if min(plens, default=0) < 0 or not all(map(int.__le__, plens, lens)):
+        raise ProtocolError("bad_body", "a sample's prompt_len is negative or exceeds its sequence length")
     # NOTE: exact `type(...) is` checks: msgpack builds exact built-in types, and bool is no number here.
-    for s, n in zip(samples, lens):
-        if type(s) is not dict:
-            raise ProtocolError("bad_body", "each sample must be a map")
-        prompt_len, reward = s.get("prompt_len"), s.get("reward")
-        if type(prompt_len) is not int or type(s.get("finish_reason")) is not str or (
-                type(reward) is not float and type(reward) is not int):
-            raise ProtocolError("bad_body", f"sample fields {', '.join(SAMPLE_FIELDS)} missing or of the wrong type")
-        if not 0 <= prompt_len <= n:
-            raise ProtocolError("bad_body", "a sample's prompt_len exceeds its sequence length")
+    if not {*map(type, reasons)} <= _STR_ONLY:
+        raise ProtocolError("bad_body", "finish_reason must be a list of strings")
+    info = body.get("info")
+    if info:
+        for key, column in info.items():
+            if type(column) is not list or len(column) != n or not {*map(type, column)} <= _INFO_TYPES:
+                raise ProtocolError("bad_body", f"info {key[:40]!r} must be a list of {n} scalars")
+    meta = body.get("meta")
+    if meta and "reward_failures" in meta:
+        failures = meta["reward_failures"]
+        if type(failures) is not int or not 0 <= failures <= n:
+            raise ProtocolError("bad_body", "meta reward_failures must be an int in [0, samples]")
+    views["data"] = data
+    return views
 
 
 register_message("hello", {"worker_id": _req(STR), "pid": _req(INT), "host": _req(STR), "slots": _req(INT)})
 register_message("welcome", {"version": _req(INT), "heartbeat_s": _req(NUM)})
 register_message("want", {"worker_id": _req(STR), "n": _req(INT), "seen": _opt(INT)})
 register_message("grant", {"items": _req(LIST)}, check=_check_grant)
-register_message("reject", {"worker_id": _req(STR), "prompt_id": _req(STR), "reason": _req(STR)})
+register_message("reject", {"worker_id": _req(STR), "prompt_id": _req(STR), "reason": _req(STR),
+                            "reward_failures": _opt(INT)}, check=_check_reject)
 register_message("heartbeat", {"worker_id": _req(STR), "running": _req(LIST)}, check=_check_str_list("running"))
 register_message("bye", {"worker_id": _req(STR)})
 register_message("cancel", {"prompt_ids": _req(LIST)}, check=_check_str_list("prompt_ids"))
@@ -145,14 +209,9 @@ register_message("version", {"version": _req(INT)})
 register_message("shutdown", {"reason": _req(STR)})
 register_message(
     "group",
-    {"worker_id": _req(STR), "prompt_id": _req(STR), "samples": _req(LIST), "meta": _opt(MAP)},
-    arrays={
-        "input_ids": ("<i4",),
-        "loss_mask": ("|u1", "|b1"),
-        "behav_logp": ("<f4",),
-        "versions": ("<i4",),
-        "seqlens": ("<i4",),
-    },
+    {"worker_id": _req(STR), "prompt_id": _req(STR), "finish_reason": _req(LIST), "info": _opt(MAP),
+     "meta": _opt(MAP)},
+    arrays={"data": ("|u1",)},
     check=_check_group,
 )
 
@@ -182,9 +241,8 @@ def _dtype(name: str) -> np.dtype:
 
 def _frame_bytes(frame: Any) -> memoryview:
     """A read-only view of a frame's bytes (zmq.Frame, bytes, memoryview or numpy array)."""
-    buf = getattr(frame, "buffer", None)
-    if buf is not None:
-        return buf
+    if type(frame) is zmq.Frame:
+        return frame.buffer
     if isinstance(frame, np.ndarray):
         return memoryview(frame).cast("B")
     return memoryview(frame)
@@ -230,7 +288,7 @@ class Codec:
         if n == 0 or n > MAX_FRAMES:
             raise ProtocolError("bad_frames", f"{n} frames")
         views = [_frame_bytes(f) for f in frames]
-        total = sum(v.nbytes for v in views)
+        total = sum([v.nbytes for v in views])
         if total > self.max_message_bytes:
             raise ProtocolError("too_large", f"{total} bytes > {self.max_message_bytes}")
         if self.secret is not None:
@@ -246,33 +304,37 @@ class Codec:
             raise
         except Exception as e:  # msgpack raises several unrelated exception types on bad input
             raise ProtocolError("bad_header", type(e).__name__) from None
-        if not isinstance(header, dict) or set(header) != HEADER_KEYS:
+        if type(header) is not dict or header.keys() != HEADER_KEYS:
             raise ProtocolError("bad_header", "header must be a map with keys v, t, run, b, a")
-        if header["v"] != PROTOCOL_VERSION:
+        if header["v"] != PROTOCOL_VERSION or type(header["v"]) is not int:
             raise ProtocolError("bad_version", f"protocol version {header['v']!r}")
         if header["run"] != self.run_id:
             raise ProtocolError("bad_run", "message from another run")
         mtype = header["t"]
-        spec = REGISTRY.get(mtype) if isinstance(mtype, str) else None
+        spec = REGISTRY.get(mtype) if type(mtype) is str else None
         if spec is None:
             raise ProtocolError("unknown_type", repr(mtype)[:40])
         body = header["b"]
-        if not isinstance(body, dict):
+        if type(body) is not dict:
             raise ProtocolError("bad_body", "body must be a map")
-        for key, (types, required) in spec.fields.items():
-            if key not in body:
-                if required:
-                    raise ProtocolError("bad_body", f"{mtype}: missing field {key}")
-                continue
-            value = body[key]
-            if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-                raise ProtocolError("bad_body", f"{mtype}: field {key} has type {type(value).__name__}")
-        unknown = set(body) - set(spec.fields)
-        if unknown:
-            raise ProtocolError("bad_body", f"{mtype}: unknown field(s) {sorted(unknown)[:3]}")
-        arrays = self._decode_arrays(mtype, spec, header["a"], views[1:])
+        present = 0
+        for key, types, required in spec.plan:
+            if key in body:
+                present += 1
+                if type(body[key]) not in types:
+                    raise ProtocolError("bad_body", f"{mtype}: field {key} has type {type(body[key]).__name__}")
+            elif required:
+                raise ProtocolError("bad_body", f"{mtype}: missing field {key}")
+        if present != len(body):
+            unknown = sorted(set(body) - set(spec.fields))
+            raise ProtocolError("bad_body", f"{mtype}: unknown field(s) {unknown[:3]}")
+        meta = header["a"]
+        if type(meta) is list and not meta and len(views) == 1:
+            arrays: dict[str, np.ndarray] = {}
+        else:
+            arrays = self._decode_arrays(mtype, spec, meta, views[1:])
         if spec.check is not None:
-            spec.check(body, arrays)
+            arrays = spec.check(body, arrays) or arrays
         return Message(mtype, body, arrays, frames)
 
     def _decode_arrays(self, mtype: str, spec: MessageSpec, meta: Any, views: Sequence[memoryview]) -> dict:

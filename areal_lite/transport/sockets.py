@@ -214,11 +214,27 @@ class AsyncPusher(_AsyncConnected):
     def _setup(self) -> None:
         self.socket.setsockopt(zmq.SNDHWM, 1000)
         self.socket.copy_threshold = ZERO_COPY_MIN_BYTES
+        # The same libzmq socket, driven synchronously: a send that fits under the HWM goes out at
+        # once, without an asyncio future; only a full queue waits through the asyncio socket.
+        self._direct = zmq.Socket.shadow(self.socket.underlying)
+        self._direct.copy_threshold = ZERO_COPY_MIN_BYTES
+        self._waiting = 0
 
     async def send(self, type: str, body: dict, arrays: dict[str, np.ndarray] | None = None) -> None:
         # Arrays go as buffers: with copy=False, pyzmq sends those of at least `copy_threshold` bytes
         # zero-copy (untracked) and copies smaller ones straight into the zmq message, no bytes object.
-        await self.socket.send_multipart(self.codec.encode(type, body, arrays), copy=False)
+        frames = self.codec.encode(type, body, arrays)
+        if not self._waiting:  # never overtake a send that is waiting for room
+            try:
+                self._direct.send_multipart(frames, zmq.NOBLOCK, copy=False)
+                return
+            except zmq.Again:
+                pass
+        self._waiting += 1
+        try:
+            await self.socket.send_multipart(frames, copy=False)
+        finally:
+            self._waiting -= 1
 
     async def send_group(self, group: TrajectoryGroup) -> None:
         await self.send(*group.to_message())
