@@ -84,9 +84,9 @@ def compare(per_eta: dict[int, dict[str, Any]], workload: Workload) -> dict[str,
     rows = {}
     for eta, s in sorted(per_eta.items()):
         speedup = s["trained_tokens_per_s"] / max(base, 1e-9)
-        rows[eta] = {"speedup": speedup, "bound_fraction": speedup / bound["bound"]}
+        rows[str(eta)] = {"speedup": speedup, "bound_fraction": speedup / bound["bound"]}
     asyncs = [e for e in per_eta if e > 0]
-    best = max(asyncs, key=lambda e: rows[e]["speedup"]) if asyncs else None
+    best = max(asyncs, key=lambda e: rows[str(e)]["speedup"]) if asyncs else None
     result: dict[str, Any] = {"overlap": bound, "per_eta": rows, "best_eta": best}
     if best is not None:
         b = per_eta[best]
@@ -94,16 +94,27 @@ def compare(per_eta: dict[int, dict[str, Any]], workload: Workload) -> dict[str,
         noise = math.hypot(reward_noise(sync, seqs), reward_noise(b, seqs))
         pause = max(float(per_eta[e].get("server_paused_frac") or 0.0) for e in asyncs)
         result["targets"] = {
-            "speedup": {"target": f">= {TARGET_SPEEDUP}x", "measured": rows[best]["speedup"],
-                        "met": rows[best]["speedup"] >= TARGET_SPEEDUP},
-            "bound": {"target": f">= {TARGET_BOUND_FRACTION:.0%} of the bound", "measured": rows[best]["bound_fraction"],
-                      "met": rows[best]["bound_fraction"] >= TARGET_BOUND_FRACTION},
+            "speedup": {"target": f">= {TARGET_SPEEDUP}x", "measured": rows[str(best)]["speedup"],
+                        "met": rows[str(best)]["speedup"] >= TARGET_SPEEDUP},
+            "bound": {"target": f">= {TARGET_BOUND_FRACTION:.0%} of the bound",
+                      "measured": rows[str(best)]["bound_fraction"],
+                      "met": rows[str(best)]["bound_fraction"] >= TARGET_BOUND_FRACTION},
             "pause": {"target": f"< {TARGET_PAUSE_FRACTION:.0%} of wall time", "measured": pause,
                       "met": pause < TARGET_PAUSE_FRACTION},
             "reward": {"target": "within noise (2 s.e.) of sync", "measured": b["reward_final"] - sync["reward_final"],
                        "noise_2se": 2 * noise, "met": abs(b["reward_final"] - sync["reward_final"]) <= 2 * noise},
         }
     return result
+
+
+def by_repeat(runs: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """Each η's speedup over the sync run of the same repeat (the spread shows the machine's noise)."""
+    sync = {r["repeat"]: r["summary"]["trained_tokens_per_s"] for r in runs if r["eta"] == 0}
+    out: dict[str, list[float]] = {}
+    for r in runs:
+        if r["eta"] > 0 and r["repeat"] in sync:
+            out.setdefault(str(r["eta"]), []).append(r["summary"]["trained_tokens_per_s"] / max(sync[r["repeat"]], 1e-9))
+    return out
 
 
 def run(out: Path, workload: Workload, etas: Sequence[int], repeats: int, warmup: int,
@@ -118,15 +129,18 @@ def run(out: Path, workload: Workload, etas: Sequence[int], repeats: int, warmup
             w = Workload(**{**vars(workload), "eta": eta})
             trial = f"eta{eta}-r{rep}"
             log(f"[async_vs_sync] run {trial}: {w.label()} ...")
-            res = launch(w, root=out, model_dir=model_dir, trial=trial)
+            res = launch(w, root=out, model_dir=model_dir, trial=trial, warmup=warmup)
             if not res.ok:
                 raise RuntimeError(f"run {trial} failed (exit {res.returncode}); logs in {res.run_dir}/logs\n{res.log_tail}")
-            s = summarize(res.metrics, warmup)
+            s = summarize(res.metrics, warmup, res.cpu_window)
             log(f"[async_vs_sync]   {fmt(s['trained_tokens_per_s'], '.0f')} tok/s, {fmt(s['step_s_mean'])} s/step, "
                 f"server busy {fmt(s.get('server_busy_frac'), '.0%')}, trainer {fmt(s['trainer_util'], '.0%')}")
             runs.append({"eta": eta, "repeat": rep, "trial": trial, "run_dir": str(res.run_dir),
-                         "launcher_wall_s": res.wall_s, "summary": s})
+                         "launcher_wall_s": res.wall_s, "loadavg": res.loadavg, "summary": s})
     per_eta = {eta: aggregate([r for r in runs if r["eta"] == eta]) for eta in etas}
+    for eta in etas:  # the machine's load while the variant ran (others' processes included)
+        loads = [x for r in runs if r["eta"] == eta for x in r["loadavg"]]
+        per_eta[eta]["loadavg"] = sum(loads) / len(loads)
     return {
         "benchmark": "async_vs_sync",
         "machine": machine(),
@@ -136,7 +150,7 @@ def run(out: Path, workload: Workload, etas: Sequence[int], repeats: int, warmup
         "warmup_steps": warmup,
         "runs": runs,
         "per_eta": {str(k): v for k, v in per_eta.items()},
-        "comparison": compare(per_eta, workload),
+        "comparison": {**compare(per_eta, workload), "speedup_by_repeat": by_repeat(runs)},
     }
 
 
@@ -145,7 +159,7 @@ def markdown(report: dict[str, Any]) -> str:
     cmp = report.get("comparison", {})
     rows = []
     for eta, s in sorted(per_eta.items()):
-        c = cmp.get("per_eta", {}).get(eta, {}) if cmp else {}
+        c = cmp.get("per_eta", {}).get(str(eta), {}) if cmp else {}
         rows.append([
             "sync (η=0)" if eta == 0 else f"async η={eta}",
             fmt(s["wall_s"], ".1f"),
@@ -157,12 +171,14 @@ def markdown(report: dict[str, Any]) -> str:
             f"{fmt(s['staleness_mean'], '.2f')} / {fmt(s['staleness_max'], '.0f')}",
             fmt(s["reward_final"], ".3f"),
             f"{fmt(s['gen_len_mean'], '.0f')} / {fmt(s['gen_len_max'], '.0f')}",
+            f"{fmt(s.get('cpu_cores_server'))} / {fmt(s.get('cpu_cores_trainer'))}",
+            fmt(s.get("loadavg"), ".1f"),
         ])
     w = report["workload"]
     k = w["steps"] - report["warmup_steps"]
     text = [md_table(
         [f"variant", f"wall s ({k} steps)", "trained tok/s", "vs sync", "server busy", "trainer busy",
-         "server paused", "staleness mean/max", "final reward", "answer len mean/max"], rows)]
+         "server paused", "staleness mean/max", "final reward", "answer len mean/max", "cores used server/trainer", "machine load"], rows)]
     if cmp:
         o = cmp["overlap"]
         best = cmp.get("best_eta")
@@ -171,8 +187,12 @@ def markdown(report: dict[str, Any]) -> str:
                     f"T_train = {o['t_train_s']:.2f} s (log-probs, update, weight sync); ideal overlap bound "
                     f"(T_gen + T_train) / max(T_gen, T_train) = **{o['bound']:.2f}×**.")
         if best is not None:
-            b = cmp["per_eta"][best]
+            b = cmp["per_eta"][str(best)]
             text.append(f"Best async: η = {best}, **{b['speedup']:.2f}×** sync = {b['bound_fraction']:.0%} of the bound.")
+            spread = cmp.get("speedup_by_repeat", {})
+            if report.get("repeats", 1) > 1 and spread:
+                text.append("Speedup over the sync run of the same repeat: " + "; ".join(
+                    f"η={e}: " + ", ".join(f"{x:.2f}×" for x in v) for e, v in sorted(spread.items(), key=lambda kv: int(kv[0]))) + ".")
             text.append("")
             trow = []
             names = {"speedup": "async (best η) trained tok/s vs sync", "bound": "fraction of the ideal overlap bound",

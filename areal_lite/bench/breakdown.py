@@ -62,8 +62,13 @@ def rollout_rows(s: dict[str, Any]) -> list[tuple[str, Any]]:
         ("generation latency per answer, worker view (s)", s.get("rollout_gen_latency_s")),
         ("reward per group (s)", s.get("rollout_reward_s")),
         ("finished group waiting in the trainer buffer (s)", s.get("rollout_buffer_wait_s")),
+        ("CPU cores used: server / trainer / worker / reward", _cores(s)),
         ("answer length mean / max (tokens)", f"{fmt(s.get('gen_len_mean'), '.0f')} / {fmt(s.get('gen_len_max'), '.0f')}"),
     ]
+
+
+def _cores(s: dict[str, Any]) -> str:
+    return " / ".join(fmt(s.get(f"cpu_cores_{r}"), ".2f") for r in ("server", "trainer", "worker", "reward"))
 
 
 def tables(summaries: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -128,12 +133,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         warmup = 1 if args.quick else args.warmup
         for eta in (0, 2):
             w = Workload(**{**vars(base), "eta": eta})
-            res = launch(w, root=out, model_dir=out / "model", trial=f"breakdown-eta{eta}")
+            res = launch(w, root=out, model_dir=out / "model", trial=f"breakdown-eta{eta}", warmup=warmup)
             if not res.ok:
                 print(f"error: run failed (exit {res.returncode}); logs in {res.run_dir}/logs\n{res.log_tail}",
                       file=sys.stderr)
                 return 1
-            summaries["sync (η=0)" if eta == 0 else f"async η={eta}"] = summarize(res.metrics, warmup)
+            summaries["sync (η=0)" if eta == 0 else f"async η={eta}"] = summarize(res.metrics, warmup, res.cpu_window)
     report = {"benchmark": "breakdown", "machine": machine(), **tables(summaries), "summaries": summaries}
     (out / "breakdown.json").write_text(json.dumps(report, indent=2))
     md = markdown(summaries)

@@ -95,31 +95,111 @@ class RunResult:
     wall_s: float  # the launcher process, start to exit (includes start-up)
     metrics: list[dict]
     log_tail: str = ""
+    loadavg: tuple[float, float] = (0.0, 0.0)  # the machine's 1-minute load average at start and end
+    cpu_window: dict[str, float] = field(default_factory=dict)  # CPU cores used per role over the window
 
     @property
     def ok(self) -> bool:
         return self.returncode == 0 and bool(self.metrics)
 
 
-def launch(w: Workload, *, root: Path, model_dir: Path, trial: str, timeout: float = 1800) -> RunResult:
-    """One real run through the local launcher; returns its metrics."""
+def _role(proc) -> str:
+    """server | trainer | worker | reward | launcher, from a process of the run's tree."""
+    cmd = " ".join(proc.cmdline())
+    if "launch_server" in cmd:
+        return "server"
+    if "multiprocessing" in cmd:
+        return "reward"  # the reward pool's processes (children of a worker)
+    if "torch.distributed.run" in cmd or "areal_lite.launcher" in cmd:
+        return "launcher"
+    return "worker" if proc.environ().get("AREAL_LITE_ROLE") == "rollout" else "trainer"
+
+
+class CpuSampler:
+    """CPU seconds used by each role of a run's process tree, sampled while it runs (psutil)."""
+
+    def __init__(self, pid: int):
+        import psutil
+
+        self.root = psutil.Process(pid)
+        self.seen: dict[int, tuple[str, float]] = {}  # pid → (role, latest cpu seconds)
+
+    def sample(self) -> dict[str, float]:
+        import psutil
+
+        try:
+            procs = self.root.children(recursive=True)
+        except psutil.Error:
+            procs = []
+        for p in procs:
+            try:
+                t = p.cpu_times()
+                role = self.seen[p.pid][0] if p.pid in self.seen else _role(p)
+                self.seen[p.pid] = (role, t.user + t.system)
+            except psutil.Error:  # exited between listing and reading
+                continue
+        totals: dict[str, float] = {}
+        for role, cpu in self.seen.values():
+            totals[role] = totals.get(role, 0.0) + cpu
+        return totals
+
+
+def launch(w: Workload, *, root: Path, model_dir: Path, trial: str, timeout: float = 1800,
+           warmup: int = 2) -> RunResult:
+    """One real run through the local launcher; returns its metrics and the CPU each role used.
+
+    CPU seconds per role are sampled twice a second; `cpu_window` holds the cores each role used from
+    the end of step `warmup - 1` (or the first step seen after it) to the end of the last step.
+    """
     cfg = build_config(w, fileroot=root / "runs", model_dir=model_dir, trial=trial)
     cfg_path = root / f"{trial}.yaml"
     root.mkdir(parents=True, exist_ok=True)
     cfg_path.write_text(yaml.safe_dump(cfg))
-    env = {**os.environ, "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
-    t0 = time.monotonic()
-    try:
-        proc = subprocess.run([sys.executable, "-m", "areal_lite.launcher.local", str(ENTRY), "--config", str(cfg_path)],
-                              capture_output=True, text=True, timeout=timeout, env=env, cwd=str(REPO))
-        rc, out = proc.returncode, proc.stdout + proc.stderr
-    except subprocess.TimeoutExpired as e:
-        rc, out = 124, f"timed out after {timeout}s\n{(e.stdout or b'')[-2000:]!r}"
-    wall = time.monotonic() - t0
     rdir = root / "runs" / "bench" / trial
     mpath = rdir / "metrics.jsonl"
+    env = {**os.environ, "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+    load0 = os.getloadavg()[0]
+    t0 = time.monotonic()
+    log_path = root / f"{trial}.launcher.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "areal_lite.launcher.local", str(ENTRY), "--config", str(cfg_path)],
+                                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(REPO))
+        sampler = CpuSampler(proc.pid)
+        marks: dict[int, dict[str, float]] = {}  # steps logged → CPU totals at that moment
+        while proc.poll() is None:
+            if time.monotonic() - t0 > timeout:
+                proc.terminate()
+                try:
+                    proc.wait(60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                break
+            totals = sampler.sample()
+            n = _count_lines(mpath)
+            if n not in marks:
+                marks[n] = totals
+            time.sleep(0.5)
+        rc = proc.wait()
+    wall = time.monotonic() - t0
     metrics = [json.loads(line) for line in mpath.read_text().splitlines() if line.strip()] if mpath.is_file() else []
-    return RunResult(w.label(), rdir, rc, wall, metrics, "" if rc == 0 else out[-3000:])
+    cpu_window: dict[str, float] = {}
+    first = min((n for n in marks if warmup <= n < len(metrics)), default=None)
+    if first is not None and len(metrics) in marks:
+        a, b = marks[first], marks[len(metrics)]
+        span = metrics[-1].get("time/elapsed", 0.0) - (metrics[first - 1].get("time/elapsed", 0.0) if first else 0.0)
+        if span > 0:
+            cpu_window = {role: (b.get(role, 0.0) - a.get(role, 0.0)) / span for role in b}
+    out = log_path.read_text(errors="replace")
+    return RunResult(w.label(), rdir, rc, wall, metrics, "" if rc == 0 else out[-3000:], (load0, os.getloadavg()[0]),
+                     cpu_window)
+
+
+def _count_lines(path: Path) -> int:
+    try:
+        with open(path, "rb") as f:
+            return sum(1 for line in f if line.strip())
+    except OSError:
+        return 0
 
 
 def _delta(metrics: list[dict], key: str, warmup: int) -> float | None:
@@ -130,7 +210,7 @@ def _delta(metrics: list[dict], key: str, warmup: int) -> float | None:
     return float(metrics[-1][key]) - float(start)
 
 
-def summarize(metrics: list[dict], warmup: int = 2) -> dict[str, Any]:
+def summarize(metrics: list[dict], warmup: int = 2, cpu_window: dict[str, float] | None = None) -> dict[str, Any]:
     """The figures of one run over steps [warmup, K): wall, throughput, utilisations, staleness, reward."""
     if not metrics:
         return {}
@@ -185,6 +265,9 @@ def summarize(metrics: list[dict], warmup: int = 2) -> dict[str, Any]:
         for key in ("prefill_time_s", "decode_time_s"):
             d = _delta(metrics, f"server/{key}", warmup)
             out[f"server_{key[:-7]}_s_per_step"] = None if d is None else d / len(win)
+    # CPU cores each role used over the window (a role below 1.0 while busy was starved by others).
+    for role, cores in (cpu_window or {}).items():
+        out[f"cpu_cores_{role}"] = cores
     # Rollout latencies as the worker saw them (means over the trained samples).
     for key in ("gen_latency_s", "reward_s", "buffer_wait_s"):
         vals = [m[f"rollout/{key}"] for m in win if f"rollout/{key}" in m]

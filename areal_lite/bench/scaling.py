@@ -56,10 +56,10 @@ def run(out: Path, base: Workload, knobs: dict, warmup: int, log=print,
             continue
         trial = "scaling-" + name.replace("=", "")
         log(f"[scaling] run {trial}: {describe(w)} ...")
-        res = launch(w, root=out, model_dir=out / "model", trial=trial)
+        res = launch(w, root=out, model_dir=out / "model", trial=trial, warmup=warmup)
         if not res.ok:
             raise RuntimeError(f"run {trial} failed (exit {res.returncode}); logs in {res.run_dir}/logs\n{res.log_tail}")
-        s = summarize(res.metrics, warmup)
+        s = summarize(res.metrics, warmup, res.cpu_window)
         log(f"[scaling]   {fmt(s['step_s_mean'])} s/step, {fmt(s['trained_tokens_per_s'], '.0f')} tok/s")
         rows.append({"variant": name, "workload": vars(w), "run_dir": str(res.run_dir), "summary": s})
     return {"benchmark": "scaling", "machine": machine(), "eta": base.eta, "warmup_steps": warmup, "rows": rows}
