@@ -66,12 +66,15 @@ ROLE_GROUPS = (("server", "servers"), ("trainer", "trainer"), ("rollout", "rollo
 
 
 def _child_setup() -> None:
-    """In the child before exec: undo Ray's blocked SIGINT; die with the actor if it is killed (Linux)."""
+    """In the child before exec: undo Ray's blocked SIGINT; stop with the actor if it dies (Linux).
+
+    SIGTERM rather than SIGKILL so that torchrun still stops its ranks.
+    """
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
     try:
         import ctypes
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
 

@@ -70,7 +70,11 @@ class Launch:
         try:
             return self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
+            self.proc.terminate()  # let it stop its children before failing the test
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
             raise AssertionError(f"launcher still running after {timeout:.0f}s:\n{self.output}") from None
 
     def wait_for(self, predicate, what: str, timeout: float = 240) -> None:
