@@ -15,9 +15,10 @@ def test_pinned_weights_survive_concurrent_write_and_prune(tmp_path):
     weights = tmp_path / "weights"
     weights.mkdir()
     stop = threading.Event()
+    written = [0]
 
     def trainer():  # write v{N} (tmp + rename, as weight_sync does), prune all but the newest two
-        n = 0
+        n = 1
         while not stop.is_set():
             tmp = weights / f"v{n}.tmp"
             tmp.mkdir()
@@ -26,6 +27,7 @@ def test_pinned_weights_survive_concurrent_write_and_prune(tmp_path):
             os.replace(tmp, weights / f"v{n}")
             shutil.rmtree(weights / f"v{n - 2}", ignore_errors=True)
             n += 1
+            written[0] = n
 
     (weights / "v0").mkdir()
     (weights / "v0" / "config.json").write_text("0")
@@ -39,4 +41,5 @@ def test_pinned_weights_survive_concurrent_write_and_prune(tmp_path):
     finally:
         stop.set()
         t.join()
+    assert written[0] > 100, "the writer thread stalled: nothing was pruned under the pins"
     assert not (weights / "pinned" / "server-1").is_symlink()
