@@ -290,6 +290,15 @@ def _http_ok(url: str | None) -> bool:
         return False
 
 
+def _map_visible_devices(plan: Plan) -> None:
+    """Plan device i is the i-th GPU this launcher was given: honour an inherited CUDA_VISIBLE_DEVICES
+    (e.g. the ablation runs several launchers side by side, each on its own GPUs)."""
+    visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    for spec in plan.all() if visible else []:
+        if spec.devices and all(d < len(visible) for d in spec.devices):
+            spec.env["CUDA_VISIBLE_DEVICES"] = ",".join(visible[d] for d in spec.devices)
+
+
 @exit_on_config_error
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
@@ -302,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
 
     config_path = os.path.join(os.path.abspath(run_dir(cfg)), "config.yaml")
     plan = build_plan(cfg, args.entry, config_path=config_path)
+    _map_visible_devices(plan)
     if args.dry_run:
         print(plan.describe())
         return 0
