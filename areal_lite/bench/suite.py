@@ -76,7 +76,7 @@ COMPONENTS = [
               ["--num-prompts", "4", "--hidden-size", "32", "--num-layers", "1", "--skip-one-by-one"], _engine,
               "Embedded engine vs `model.generate`"),
     Component("areal_lite.bench.transport_throughput", "trajectory transport vs the raw ZeroMQ ceiling", [],
-              ["--sizes", "64K", "--rounds", "1", "--mb-per-trial", "4"], _transport, "Transport"),
+              ["--sizes", "64K", "--rounds", "1", "--mb-per-trial", "4"], _transport, "Transport throughput"),
     Component("areal_lite.bench.packing", "sequence packing vs padding waste", [], [], _generic, "Packing"),
     Component("areal_lite.bench.logprob_memory", "chunked vs naive log-prob memory", [],
               ["--tokens", "64", "--vocab", "1000"], _logprob, "Chunked vs naive log-prob memory"),
