@@ -493,6 +493,9 @@ def main(argv: list[str] | None = None) -> int:
     placed: dict[str, tuple[object, list[Bundle]]] = {}
     try:
         started = connect(cfg)
+        # NOTE: ray.init installs its own SIGTERM handler (sys.exit); ours must come after it.
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
         print(f"[launcher] Ray cluster: {'started locally' if started else cfg.launcher.ray.address}, "
               f"{ray.cluster_resources().get('CPU', 0):g} CPU, {ray.cluster_resources().get('GPU', 0):g} GPU", flush=True)
         plan, all_bundles, hosts, here = plan_on_cluster(cfg, args.entry, config_path)
