@@ -24,6 +24,7 @@ from areal_lite.transport.protocol import (
 
 GROUP = "group"
 _ARRAYS = tuple(name for name, _, _ in GROUP_SECTIONS)  # the packed arrays, in buffer order
+assert _ARRAYS == ("rewards", "seqlens", "prompt_lens", "input_ids", "versions", "behav_logp", "loss_mask")
 _INFO_TYPES = (bool, int, float, str)
 
 
@@ -95,7 +96,9 @@ class TrajectoryGroup:
             body["info"] = self.info
         if self.meta:
             body["meta"] = self.meta
-        if all(a is b for a, b in zip(self._views, (getattr(self, name) for name in _ARRAYS))):
+        v = self._views  # the arrays as packed; any replaced since is packed again
+        if (v[0] is self.rewards and v[1] is self.seqlens and v[2] is self.prompt_lens and v[3] is self.input_ids
+                and v[4] is self.versions and v[5] is self.behav_logp and v[6] is self.loss_mask):
             data = self.data
         else:  # an array was replaced after construction: pack a copy (this group is left as it is)
             data = TrajectoryGroup(**{**self._fields(), "data": None}).data
@@ -112,13 +115,11 @@ class TrajectoryGroup:
         a, b = msg.arrays, msg.body
         # NOTE: no __init__ (nothing to pack: the codec validated the message and made the views).
         group = cls.__new__(cls)
-        group.__dict__.update(
-            prompt_id=b["prompt_id"], worker_id=b["worker_id"], input_ids=a["input_ids"], loss_mask=a["loss_mask"],
-            behav_logp=a["behav_logp"], versions=a["versions"], seqlens=a["seqlens"], prompt_lens=a["prompt_lens"],
-            rewards=a["rewards"], finish_reasons=b["finish_reason"], info=b.get("info") or {},
-            meta=b.get("meta") or {}, data=a["data"],
-        )
-        group._views = tuple([a[name] for name in _ARRAYS])
+        d = group.__dict__
+        d.update(a)  # the packed arrays and their buffer, "data"
+        d["prompt_id"], d["worker_id"], d["finish_reasons"] = b["prompt_id"], b["worker_id"], b["finish_reason"]
+        d["info"], d["meta"] = b.get("info") or {}, b.get("meta") or {}
+        d["_views"] = tuple(map(a.__getitem__, _ARRAYS))
         return group
 
     @property

@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
@@ -173,11 +174,14 @@ def _check_group(body: dict, arrays: dict) -> dict:
     n_tokens = tail // GROUP_BYTES_PER_TOKEN
     views = group_sections(data, n, n_tokens)
     # NOTE: plain Python on the few per-sample values; numpy calls on tiny arrays cost more than they save.
-    lens, plens = views["seqlens"].tolist(), views["prompt_lens"].tolist()
-    if sum(lens) != n_tokens or min(lens, default=0) < 0:
+    lens = views["seqlens"].tolist()
+    if sum(lens) != n_tokens:
         raise ProtocolError("bad_arrays", f"sequence lengths do not add up to the {n_tokens} tokens sent")
-    if min(plens, default=0) < 0 or not all(map(int.__le__, plens, lens)):
-        raise ProtocolError("bad_body", "a sample's prompt_len is negative or exceeds its sequence length")
+    for p, length in zip(views["prompt_lens"].tolist(), lens):
+        if not 0 <= p <= length:  # so no length is negative either
+            if length < 0:
+                raise ProtocolError("bad_arrays", "a sequence length is negative")
+            raise ProtocolError("bad_body", "a sample's prompt_len is negative or exceeds its sequence length")
     # NOTE: exact `type(...) is` checks: msgpack builds exact built-in types, and bool is no number here.
     if not {*map(type, reasons)} <= _STR_ONLY:
         raise ProtocolError("bad_body", "finish_reason must be a list of strings")
@@ -239,6 +243,10 @@ def _dtype(name: str) -> np.dtype:
     return dt
 
 
+_FRAME = zmq.Frame
+_PACKERS = threading.local()  # one reusable msgpack Packer per thread (cheaper than packb's per call)
+
+
 def _frame_bytes(frame: Any) -> memoryview:
     """A read-only view of a frame's bytes (zmq.Frame, bytes, memoryview or numpy array)."""
     if type(frame) is zmq.Frame:
@@ -275,9 +283,10 @@ class Codec:
                 arr = arr.astype(arr.dtype.newbyteorder("<"))
             meta.append([name, arr.dtype.str, list(arr.shape)])
             payload.append(arr)
-        header = msgpack.packb(
-            {"v": PROTOCOL_VERSION, "t": type, "run": self.run_id, "b": body, "a": meta}, use_bin_type=True
-        )
+        packer = getattr(_PACKERS, "packer", None)
+        if packer is None:
+            packer = _PACKERS.packer = msgpack.Packer(use_bin_type=True)
+        header = packer.pack({"v": PROTOCOL_VERSION, "t": type, "run": self.run_id, "b": body, "a": meta})
         frames: list[Any] = [header, *payload]
         if self.secret is not None:
             frames.append(self._mac(frames))
@@ -287,8 +296,10 @@ class Codec:
         n = len(frames)
         if n == 0 or n > MAX_FRAMES:
             raise ProtocolError("bad_frames", f"{n} frames")
-        views = [_frame_bytes(f) for f in frames]
-        total = sum([v.nbytes for v in views])
+        views = [f.buffer if type(f) is _FRAME else _frame_bytes(f) for f in frames]
+        total = 0
+        for v in views:
+            total += v.nbytes
         if total > self.max_message_bytes:
             raise ProtocolError("too_large", f"{total} bytes > {self.max_message_bytes}")
         if self.secret is not None:
@@ -338,14 +349,15 @@ class Codec:
         return Message(mtype, body, arrays, frames)
 
     def _decode_arrays(self, mtype: str, spec: MessageSpec, meta: Any, views: Sequence[memoryview]) -> dict:
-        if not isinstance(meta, list) or len(meta) != len(views):
+        if type(meta) is not list or len(meta) != len(views):
             raise ProtocolError("bad_arrays", f"{mtype}: {len(views)} array frames for the declared arrays")
         arrays: dict[str, np.ndarray] = {}
         for entry, view in zip(meta, views):
-            if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str)
-                    and isinstance(entry[1], str) and isinstance(entry[2], list)):
+            if type(entry) is not list or len(entry) != 3:
                 raise ProtocolError("bad_arrays", "array entries are [name, dtype, shape]")
             name, dtype, shape = entry
+            if type(name) is not str or type(dtype) is not str or type(shape) is not list:
+                raise ProtocolError("bad_arrays", "array entries are [name, dtype, shape]")
             allowed = spec.arrays.get(name)
             if allowed is None or name in arrays:
                 raise ProtocolError("bad_arrays", f"{mtype}: unexpected array {name[:40]!r}")
@@ -356,9 +368,9 @@ class Codec:
                 if type(d) is not int or not 0 <= d < 2**40:  # not bool, not float
                     raise ProtocolError("bad_arrays", f"{name}: bad shape")
                 count *= d
-            dt = _dtype(dtype)
+            dt = _DTYPES.get(dtype) or _dtype(dtype)
             if count * dt.itemsize != view.nbytes:
                 raise ProtocolError("bad_arrays", f"{name}: {view.nbytes} bytes for shape {shape[:4]} {dtype}")
-            arr = np.frombuffer(view, dtype=dt)
+            arr = np.frombuffer(view, dt)
             arrays[name] = arr if len(shape) == 1 else arr.reshape(shape)
         return arrays
