@@ -117,6 +117,16 @@ def run_prepare(cfg: ExperimentConfig, config_path: str, log_path: str, *, env: 
     print(f"[launcher] model ready in {time.time() - t0:.0f}s", flush=True)
 
 
+def read_from(path: str, pos: int) -> str:
+    """The text of `path` from byte offset `pos` ('' while the file does not exist)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(pos)
+            return fh.read().decode(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
 def tail(path: str, n: int = 20) -> str:
     try:
         with open(path, "rb") as fh:

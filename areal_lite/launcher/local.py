@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from areal_lite.config import ConfigError, exit_on_config_error
 from areal_lite.config.schema import ExperimentConfig
-from areal_lite.launcher.common import load_for_launcher, run_prepare, tail, write_run_config
+from areal_lite.launcher.common import load_for_launcher, read_from, run_prepare, tail, write_run_config
 from areal_lite.launcher.plan import Plan, ProcessSpec, build_plan, server_command
 
 POLL_S = 0.2
@@ -97,12 +97,7 @@ class LocalSupervisor:
 
     def _read_metrics(self, pos: int) -> str:
         """metrics.jsonl from byte offset `pos` ('' before the trainer writes it)."""
-        try:
-            with open(os.path.join(self.plan.run_dir, "metrics.jsonl"), "rb") as fh:
-                fh.seek(pos)
-                return fh.read().decode(errors="replace")
-        except FileNotFoundError:
-            return ""
+        return read_from(os.path.join(self.plan.run_dir, "metrics.jsonl"), pos)
 
     def _kill(self, child: Child, sig: int) -> None:
         if child.proc is not None and child.proc.poll() is None:

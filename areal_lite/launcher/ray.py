@@ -48,7 +48,7 @@ from dataclasses import dataclass
 
 from areal_lite.config import ConfigError, exit_on_config_error
 from areal_lite.config.schema import ExperimentConfig, run_dir
-from areal_lite.launcher.common import load_for_launcher, run_prepare, tail, write_run_config
+from areal_lite.launcher.common import load_for_launcher, read_from, run_prepare, tail, write_run_config
 from areal_lite.launcher.local import Child, LaunchError, LocalSupervisor, _Stopped
 from areal_lite.launcher.plan import LOOPBACK, Plan, PortPicker, ProcessSpec, build_plan, torch_threads
 from areal_lite.utils.net import free_port
@@ -135,12 +135,7 @@ class ProcessHost:
         return tail(self.log_path)
 
     def read_from(self, path: str, pos: int) -> str:
-        try:
-            with open(path, "rb") as fh:
-                fh.seek(pos)
-                return fh.read().decode(errors="replace")
-        except FileNotFoundError:
-            return ""
+        return read_from(path, pos)
 
 
 def _port_free(port: int) -> bool:
