@@ -35,7 +35,9 @@ class WorkerSettings:
     request_retries: int = 3
 
 
-def build_group(prompt_id: str, worker_id: str, trajs: list[Trajectory], meta: dict[str, Any]) -> TrajectoryGroup:
+def build_group(prompt_id: str, worker_id: str, trajs: list[Trajectory]) -> TrajectoryGroup:
+    """The group to send; its meta counts the samples scored 0 after a failed reward (`reward/failures`)."""
+    meta = {"reward_failures": sum(bool(t.info.get("reward_failed")) for t in trajs)}
     return TrajectoryGroup.from_trajectories(prompt_id=prompt_id, worker_id=worker_id, trajectories=trajs, meta=meta)
 
 
@@ -158,7 +160,7 @@ class RolloutWorker:
         exc = task.exception()
         if isinstance(exc, RewardFailure):
             self.stats["failed"] += 1
-            await self._reject(pid, "reward_failed")
+            await self._reject(pid, "reward_failed", reward_failures=exc.failures)
             return
         if exc is not None:
             # A workflow bug or every server gone: report it and keep serving other prompts.
@@ -171,13 +173,15 @@ class RolloutWorker:
             self.stats["rejected"] += 1
             await self._reject(pid, "rejected")
             return
-        meta = {"reward_failures": sum(bool(t.info.get("reward_failed")) for t in trajs)}
-        group = build_group(pid, self.worker_id, trajs, meta)
+        group = build_group(pid, self.worker_id, trajs)
         await self._pusher.send_group(group)
         self.stats["groups"] += 1
 
-    async def _reject(self, pid: str, reason: str) -> None:
-        await self._dealer.send("reject", {"worker_id": self.worker_id, "prompt_id": pid, "reason": reason})
+    async def _reject(self, pid: str, reason: str, reward_failures: int = 0) -> None:
+        body: dict[str, Any] = {"worker_id": self.worker_id, "prompt_id": pid, "reason": reason}
+        if reward_failures:
+            body["reward_failures"] = reward_failures  # summed by the controller into `reward/failures`
+        await self._dealer.send("reject", body)
 
 
 def run_worker(env: RunEnv, workflow: RolloutWorkflow, settings: WorkerSettings) -> int:

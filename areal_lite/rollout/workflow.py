@@ -22,7 +22,11 @@ from areal_lite.rollout.reward import RewardPool
 
 
 class RewardFailure(Exception):
-    """A group is dropped because a reward failed under the `drop_group` policy."""
+    """A group is dropped because a reward failed under the `drop_group` policy (`failures`: how many)."""
+
+    def __init__(self, message: str, failures: int = 0):
+        super().__init__(message)
+        self.failures = failures
 
 
 @dataclass
@@ -119,7 +123,7 @@ class RLVRWorkflow:
         reward_s = time.monotonic() - t0
         failures = sum(r is None for r in rewards)
         if failures and self.reward_failure_policy == "drop_group":
-            raise RewardFailure(f"{failures} of {len(rewards)} rewards failed")
+            raise RewardFailure(f"{failures} of {len(rewards)} rewards failed", failures=failures)
         return [
             Trajectory.from_generation(
                 prompt_ids, g, 0.0 if r is None else r, reward_failed=r is None, reward_s=round(reward_s, 4)

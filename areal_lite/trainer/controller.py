@@ -216,9 +216,12 @@ class RolloutController:
 
     def stats(self) -> dict[str, float]:
         """Counters plus rates since the previous call; `rollout/rejected` counts the prompts workers
-        gave up on (workflow rejects, failures, reward failures), malformed messages are `transport/rejected`."""
+        gave up on (workflow rejects, failures, reward failures), malformed messages are `transport/rejected`.
+        `reward/failures`: reward calls that raised, timed out or returned no finite number, in the
+        groups and rejects received since the run began (cumulative, restored with a checkpoint)."""
         with self._lock:
-            out = {f"rollout/{k}": float(v) for k, v in self.counters.items()}
+            out = {f"rollout/{k}": float(v) for k, v in self.counters.items() if k != "reward_failures"}
+            out["reward/failures"] = float(self.counters["reward_failures"])
             now, (groups, tokens) = time.monotonic(), self._arrived()
             t0, groups0, tokens0 = self._rate_mark
             self._rate_mark = (now, groups, tokens)
@@ -371,18 +374,19 @@ class RolloutController:
             worker.want = max(0, int(body["n"]) - in_flight)
             self._grant_all()
         elif kind == "reject":
-            self._on_reject(worker, body["prompt_id"], body.get("reason", "rejected"))
+            self._on_reject(worker, body["prompt_id"], body.get("reason", "rejected"), body.get("reward_failures", 0))
         elif kind == "bye":
             self._retire_worker(worker, reason="worker_left")
         # heartbeat: last_seen is all it updates
 
-    def _on_reject(self, worker: WorkerState, prompt_id: str, reason: str) -> None:
+    def _on_reject(self, worker: WorkerState, prompt_id: str, reason: str, reward_failures: int = 0) -> None:
         grant = self.running.pop(prompt_id, None)
         if grant is None or grant.worker_id != worker.worker_id:
             if grant is not None:
                 self.running[prompt_id] = grant
             self.counters["stray_rejects"] += 1
             return
+        self.counters["reward_failures"] += reward_failures  # a group dropped for them (drop_group policy)
         worker.grants.pop(prompt_id, None)
         self.staleness.on_release()
         if reason in ("cancelled", "stale"):
@@ -408,7 +412,9 @@ class RolloutController:
             # The original holder finished first: stop the re-issued copy.
             self._send_cancel(worker, [group.prompt_id])
         self.counters["gen_tokens"] += int(np.count_nonzero(group.loss_mask))
-        rewards = np.asarray([s["reward"] for s in group.samples], dtype=np.float64)
+        # samples scored 0 after a failed reward (zero policy); the codec checked it is an int in [0, n]
+        self.counters["reward_failures"] += group.meta.get("reward_failures", 0)
+        rewards = group.rewards
         if self.dynamic_filter == "drop_all_equal" and rewards.size > 0 and np.all(rewards == rewards[0]):
             self.staleness.on_release()
             self.counters["filtered"] += 1

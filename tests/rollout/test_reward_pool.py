@@ -10,6 +10,7 @@ import pytest
 from areal_lite.inference.client import InferenceClient, SamplingParams
 from areal_lite.inference.local_server import start_local_server
 from areal_lite.rollout.reward import RewardPool
+from areal_lite.rollout.worker import build_group
 from areal_lite.rollout.workflow import RewardFailure, RLVRWorkflow
 from tests.rollout.reward_fns import by_answer
 
@@ -104,10 +105,13 @@ def test_workflow_applies_the_failure_policy(server, pool, policy):
         out = run(episode(answer))
         if policy == "drop_group":
             assert isinstance(out, RewardFailure) and "2 of 2 rewards failed" in str(out)
+            assert out.failures == 2  # the worker's reject carries it to the trainer's `reward/failures`
         else:  # scored 0, and marked so the failure shows up in the group's metadata
             assert [t.reward for t in out] == [0.0, 0.0]
             assert all(t.info["reward_failed"] for t in out)
             assert all(t.num_generated > 0 for t in out)
+            group = build_group(f"0:{i}", "worker0", out)  # what the worker sends
+            assert group.info["reward_failed"] == [True, True] and group.meta == {"reward_failures": 2}
     assert pool.failures == {"raised": 2, "timeout": 2, "invalid": 2}  # two samples per group
 
     good = run(episode("ok"))  # the pool and the workflow keep working afterwards

@@ -214,3 +214,33 @@ def test_controller_rejects_and_counts_bad_control_messages_while_serving(contro
         assert [it["prompt_id"] for it in run(still_serves())] == ["0:0"]
     finally:
         rogue.close()
+
+
+def test_reward_failures_from_groups_and_rejects_are_summed_into_the_metric(controller):
+    """`reward/failures`: a group's meta (samples scored 0) plus a reject's count (group dropped)."""
+    ctl = controller
+
+    async def scenario():
+        dealer, items = await handshake(ctl, "worker0", want=2)
+        assert len(items) == 2
+        pusher = AsyncPusher(ctl.codec, f"tcp://127.0.0.1:{ctl.ports[0]}")
+        group = group_for(items[0]["prompt_id"], "worker0")
+        group.meta = {"reward_failures": 1}
+        await pusher.send_group(group)
+        await dealer.send("reject", {"worker_id": "worker0", "prompt_id": items[1]["prompt_id"],
+                                     "reason": "reward_failed", "reward_failures": 2})
+        # A reject for a prompt this worker does not hold is stray: its count is not taken.
+        await dealer.send("reject", {"worker_id": "worker0", "prompt_id": "9:9", "reason": "reward_failed",
+                                     "reward_failures": 5})
+        return dealer, pusher
+
+    dealer, pusher = run(scenario())
+    try:
+        wait_until(lambda: ctl.stats().get("rollout/stray_rejects", 0) == 1 and ctl.stats()["rollout/accepted"] == 1)
+        stats = ctl.stats()
+        assert stats["reward/failures"] == 3 and "rollout/reward_failures" not in stats
+        assert stats["rollout/outcome_reward_failed"] == 1 and stats["rollout/rejected"] == 1
+        assert ctl.state_dict()["counters"]["reward_failures"] == 3  # cumulative, kept by a checkpoint
+    finally:
+        dealer.close()
+        pusher.close()
