@@ -412,7 +412,8 @@ def connect(cfg: ExperimentConfig) -> bool:
     return True
 
 
-def reserve(all_bundles: list[Bundle], hosts: list[str], pin: bool) -> dict[str, tuple[object, list[Bundle]]]:
+def reserve(all_bundles: list[Bundle], hosts: list[str], *, pin: bool,
+            run_id: str) -> dict[str, tuple[object, list[Bundle]]]:
     """One placement group per role; raises LaunchError naming the role that cannot be placed."""
     from ray.util.placement_group import placement_group
 
@@ -422,7 +423,7 @@ def reserve(all_bundles: list[Bundle], hosts: list[str], pin: bool) -> dict[str,
         if not bs:
             continue
         pg = placement_group([b.resources(hosts[b.spec.node_index] if pin else None) for b in bs], strategy="PACK",
-                             name=f"areal_lite-{role}")
+                             name=f"areal_lite-{run_id}-{role}")
         placed[role] = (pg, bs)
     for role, (pg, bs) in placed.items():
         if not pg.wait(READY_S):
@@ -441,8 +442,9 @@ def plan_on_cluster(cfg: ExperimentConfig, entry: str, config_path: str) -> tupl
     if hosts != [here]:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        probes = [ray.remote(ProcessHost).options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(
-            next(n["NodeID"] for n in ray.nodes() if n["NodeManagerAddress"] == ip and n["Alive"]), soft=False)).remote()
+        node_ids = {n["NodeManagerAddress"]: n["NodeID"] for n in ray.nodes() if n["Alive"]}
+        probes = [ray.remote(ProcessHost).options(
+            num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node_ids[ip], soft=False)).remote()
             for ip in hosts]
         ports = ClusterPortPicker(probes, cfg.allocation.inference.num_servers + 5)
         for p in probes:
@@ -491,15 +493,16 @@ def main(argv: list[str] | None = None) -> int:
         # NOTE: ray.init installs its own SIGTERM handler (sys.exit); ours must come after it.
         signal.signal(signal.SIGINT, on_signal)
         signal.signal(signal.SIGTERM, on_signal)
+        res = ray.cluster_resources()
         print(f"[launcher] Ray cluster: {'started locally' if started else cfg.launcher.ray.address}, "
-              f"{ray.cluster_resources().get('CPU', 0):g} CPU, {ray.cluster_resources().get('GPU', 0):g} GPU", flush=True)
+              f"{res.get('CPU', 0):g} CPU, {res.get('GPU', 0):g} GPU", flush=True)
         plan, all_bundles, hosts, here = plan_on_cluster(cfg, args.entry, config_path)
         write_run_config(cfg)
         print(describe_groups(by_role(all_bundles)), flush=True)
         if received:
             raise _Stopped(received[0])
         run_prepare(cfg, config_path, os.path.join(plan.run_dir, "logs", "prepare.log"))
-        placed = reserve(all_bundles, hosts, pin=plan.all()[0].host != "localhost")
+        placed = reserve(all_bundles, hosts, pin=plan.all()[0].host != "localhost", run_id=plan.run_id)
         with open(config_path) as fh:
             files = {config_path: fh.read()}
         supervisor = RaySupervisor(cfg, plan, placed, files, here)
