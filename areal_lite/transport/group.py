@@ -44,7 +44,9 @@ class TrajectoryGroup:
     finish_reasons: list[str]  # [n]
     info: dict[str, list[Any]] = field(default_factory=dict)  # per-sample scalars by name; None: absent
     meta: dict[str, Any] = field(default_factory=dict)  # per group (e.g. reward_failures)
-    data: np.ndarray | None = field(default=None, repr=False)  # the packed buffer (uint8); None: pack
+    # The packed buffer (uint8) the arrays above are views of; None: pack them (internal: only the
+    # constructors below pass it, together with its views).
+    data: np.ndarray | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.data is None:
@@ -71,22 +73,29 @@ class TrajectoryGroup:
                           meta: dict[str, Any] | None = None) -> "TrajectoryGroup":
         """From objects with input_ids, loss_mask, behav_logp, versions (arrays), reward, prompt_len,
         finish_reason and an `info` dict of scalars (rollout.workflow.Trajectory)."""
-        cat = np.concatenate
         infos = [t.info or {} for t in trajectories]
         keys = sorted({k for i in infos for k, v in i.items() if isinstance(v, _INFO_TYPES)})
+        lens = [len(t.input_ids) for t in trajectories]
+        n, n_tokens = len(lens), sum(lens)
+        # Each trajectory's arrays are copied once, straight into their place in the group's buffer.
+        data = np.empty(GROUP_BYTES_PER_SAMPLE * n + GROUP_BYTES_PER_TOKEN * n_tokens, np.uint8)
+        views = group_sections(data, n, n_tokens)
+        views["seqlens"][:] = lens
+        views["prompt_lens"][:] = [int(t.prompt_len) for t in trajectories]
+        views["rewards"][:] = [float(t.reward) for t in trajectories]
+        start = 0
+        for t, length in zip(trajectories, lens):
+            for name in ("input_ids", "loss_mask", "behav_logp", "versions"):
+                views[name][start:start + length] = getattr(t, name)  # a wrong length raises ValueError
+            start += length
         return cls(
             prompt_id=prompt_id,
             worker_id=worker_id,
-            input_ids=cat([np.asarray(t.input_ids, np.int32) for t in trajectories]),
-            loss_mask=cat([np.asarray(t.loss_mask, np.uint8) for t in trajectories]),
-            behav_logp=cat([np.asarray(t.behav_logp, np.float32) for t in trajectories]),
-            versions=cat([np.asarray(t.versions, np.int32) for t in trajectories]),
-            seqlens=np.asarray([len(t.input_ids) for t in trajectories], np.int32),
-            prompt_lens=np.asarray([int(t.prompt_len) for t in trajectories], np.int32),
-            rewards=np.asarray([float(t.reward) for t in trajectories], np.float64),
+            **{name: views[name] for name in _ARRAYS},
             finish_reasons=[str(t.finish_reason) for t in trajectories],
             info={k: [i[k] if isinstance(i.get(k), _INFO_TYPES) else None for i in infos] for k in keys},
             meta=dict(meta or {}),
+            data=data,
         )
 
     def to_message(self) -> tuple[str, dict, dict[str, np.ndarray]]:
