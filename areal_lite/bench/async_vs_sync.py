@@ -65,13 +65,18 @@ def reward_noise(summary: dict[str, Any], seqs_per_step: int) -> float:
 
 
 def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean of each numeric figure over the repeats of one variant."""
+    """Mean of each figure over the repeats of one variant; throughput pooled (Σ tokens / Σ wall)."""
     out: dict[str, Any] = {}
     for key in runs[0]["summary"]:
         vals = [r["summary"].get(key) for r in runs]
         nums = [v for v in vals if isinstance(v, (int, float))]
         out[key] = sum(nums) / len(nums) if len(nums) == len(vals) and nums else vals[0]
     out["staleness_max"] = max(r["summary"]["staleness_max"] for r in runs)
+    # Throughput pooled over the repeats: all their trained tokens over all their wall time.
+    wall = sum(r["summary"]["wall_s"] for r in runs)
+    out["trained_tokens_per_s"] = sum(r["summary"]["trained_tokens"] for r in runs) / max(wall, 1e-9)
+    out["trained_gen_tokens_per_s"] = sum(r["summary"]["trained_gen_tokens_per_s"] * r["summary"]["wall_s"]
+                                          for r in runs) / max(wall, 1e-9)
     return out
 
 
@@ -137,6 +142,12 @@ def run(out: Path, workload: Workload, etas: Sequence[int], repeats: int, warmup
                 f"server busy {fmt(s.get('server_busy_frac'), '.0%')}, trainer {fmt(s['trainer_util'], '.0%')}")
             runs.append({"eta": eta, "repeat": rep, "trial": trial, "run_dir": str(res.run_dir),
                          "launcher_wall_s": res.wall_s, "loadavg": res.loadavg, "summary": s})
+    return report_from_runs(runs, workload, etas, repeats, warmup)
+
+
+def report_from_runs(runs: list[dict[str, Any]], workload: Workload, etas: Sequence[int], repeats: int,
+                     warmup: int) -> dict[str, Any]:
+    """Per-η figures (repeats pooled) and the comparison, from the runs' summaries."""
     per_eta = {eta: aggregate([r for r in runs if r["eta"] == eta]) for eta in etas}
     for eta in etas:  # the machine's load while the variant ran (others' processes included)
         loads = [x for r in runs if r["eta"] == eta for x in r["loadavg"]]

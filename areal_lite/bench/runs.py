@@ -60,8 +60,20 @@ def deep_merge(base: dict, extra: dict) -> dict:
     return out
 
 
+# Everything the figures depend on is pinned here (not read from the example config, which may change).
+PINNED = {
+    "total_train_epochs": 1,
+    "train_dataset": {"path": "synthetic:arith", "max_prompt_len": 192, "prompt_template": "plain"},
+    "valid_dataset": {"path": "synthetic:arith", "split": "test", "max_prompt_len": 192, "prompt_template": "plain"},
+    "actor": {"optimizer": {"lr": 1.0e-3, "weight_decay": 0.0}, "mb_spec": {"max_tokens_per_mb": 4096},
+              "adv_norm": {"mean_level": "group", "std_level": "none"}, "loss_reduction": "seq_mean_token_sum_norm",
+              "use_decoupled_loss": True, "behav_weight_cap": 5.0},
+    "prepare": {"tiny": {"num_attention_heads": 4, "num_key_value_heads": 2}},
+}
+
+
 def build_config(w: Workload, *, fileroot: Path, model_dir: Path, trial: str) -> dict:
-    base = yaml.safe_load(CPU_CONFIG.read_text())
+    base = deep_merge(yaml.safe_load(CPU_CONFIG.read_text()), PINNED)
     over = {
         "experiment_name": "bench",
         "trial_name": trial,

@@ -65,6 +65,22 @@ def _transport(r: dict) -> str:
                      f"({x['ratio_to_raw']:.2f}× raw ZeroMQ)" for x in r["results"] if x["mode"] != "raw")
 
 
+def _packing(r: dict) -> str:
+    res = r["results"]
+    pk, pd = res["packed"], res["padded"]
+    return (f"packed {pk['trained_tokens_per_s']:,.0f} vs padded {pd['trained_tokens_per_s']:,.0f} trained tok/s "
+            f"({r['speedup_packed_vs_padded']:.2f}×); padding waste {pk['padding_waste']:.0%} vs {pd['padding_waste']:.0%}")
+
+
+def _weight_sync(r: dict) -> str:
+    parts = []
+    for name, size in r["results"].items():
+        modes = ", ".join(f"{mode} {m['total_s_per_gb']:.1f} s/GB (paused {m['pause_s_per_gb']:.1f})"
+                          for mode, m in size["modes"].items())
+        parts.append(f"{name} ({size['bytes'] / 1e6:.0f} MB): {modes}")
+    return "; ".join(parts)
+
+
 def _generic(r: dict) -> str:
     """A component's own one-line summary (`headline` in its JSON), or nothing."""
     h = r.get("headline") or r.get("summary")
@@ -77,11 +93,13 @@ COMPONENTS = [
               "Embedded engine vs `model.generate`"),
     Component("areal_lite.bench.transport_throughput", "trajectory transport vs the raw ZeroMQ ceiling", [],
               ["--sizes", "64K", "--rounds", "1", "--mb-per-trial", "4"], _transport, "Transport throughput"),
-    Component("areal_lite.bench.packing", "sequence packing vs padding waste", [], [], _generic, "Packing"),
+    Component("areal_lite.bench.packing", "sequence packing vs padding", [],
+              ["--num-seqs", "8", "--repeats", "1", "--hidden-size", "32", "--num-layers", "1", "--max-len", "128",
+               "--max-tokens-per-mb", "512"], _packing, "Packing"),
     Component("areal_lite.bench.logprob_memory", "chunked vs naive log-prob memory", [],
               ["--tokens", "64", "--vocab", "1000"], _logprob, "Chunked vs naive log-prob memory"),
-    Component("areal_lite.bench.weight_sync", "weight sync time per GB, each mode", [], [], _generic,
-              "Weight sync"),
+    Component("areal_lite.bench.weight_sync", "weight sync time per GB, each mode", [],
+              ["--sizes", "tiny", "--repeats", "1"], _weight_sync, "Weight sync"),
 ]
 
 
