@@ -1,7 +1,7 @@
 """Trajectory transport throughput against the raw ZeroMQ multipart ceiling, over tcp loopback.
 
-    python -m areal_lite.bench.transport_throughput [--out out.json] [--sizes 64K,4M] [--rounds 5] \
-        [--mb-per-trial 128] [--hmac]
+    python -m areal_lite.bench.transport_throughput [--out out.json] [--sizes 64K,4M] [--rounds 9] \
+        [--mb-per-trial 256] [--hmac]
 
 A sender process streams trajectory groups to this process over tcp 127.0.0.1; throughput is
 payload bytes per second at the receiver, from the first message to the last. Every path sends the
@@ -209,8 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="areal_lite.bench.transport_throughput", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=None, help="Write the results as JSON here.")
     p.add_argument("--sizes", default="64K,4M", help="Group sizes (token array bytes), comma separated.")
-    p.add_argument("--rounds", type=int, default=5, help="Rounds (each path twice per size per round, ABBA).")
-    p.add_argument("--mb-per-trial", type=float, default=128.0, help="Megabytes sent per trial.")
+    p.add_argument("--rounds", type=int, default=9, help="Rounds (each path twice per size per round, ABBA).")
+    p.add_argument("--mb-per-trial", type=float, default=256.0, help="Megabytes sent per trial.")
     p.add_argument("--hmac", action="store_true", help="Also measure the authenticated path.")
     args = p.parse_args(argv)
     try:
