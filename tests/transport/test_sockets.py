@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import numpy as np
@@ -244,3 +245,51 @@ def test_reward_failures_from_groups_and_rejects_are_summed_into_the_metric(cont
     finally:
         dealer.close()
         pusher.close()
+
+
+def test_pusher_waits_for_room_when_the_receiver_lags_and_keeps_the_order():
+    """Past the HWM the direct send gives way to the asyncio wait; nothing is lost or reordered."""
+    class SmallQueueReceiver(PullReceiver):
+        def _setup(self) -> None:
+            self.socket.setsockopt(zmq.RCVHWM, 2)  # before bind: connections accepted later get it
+
+    codec = Codec("run1")
+    receiver = SmallQueueReceiver(codec)
+    groups = [make_group(seqlens=(40_000, 60_000), seed=i) for i in range(60)]  # 1.3 MB each, more than
+    # the kernel's loopback buffers hold
+    got, started = [], {}
+
+    def read_later():
+        time.sleep(1.0)  # the sender fills the HWMs and the kernel buffers meanwhile
+        started["t"] = time.monotonic()
+        for _ in groups:
+            msg = receiver.recv(timeout=20)
+            got.append(None if msg is None else TrajectoryGroup.from_message(msg))
+
+    async def send_all():
+        pusher = AsyncPusher(codec, receiver.address)
+        pusher.socket.setsockopt(zmq.SNDHWM, 2)
+        pusher.socket.disconnect(receiver.address)
+        pusher.socket.connect(receiver.address)  # a new connection with the small HWM
+        waited = 0
+        for g in groups:
+            send = asyncio.ensure_future(pusher.send_group(g))
+            await asyncio.sleep(0)
+            waited += pusher._waiting > 0  # this send could not go out directly: it waits for room
+            await send
+        return pusher, waited, time.monotonic()
+
+    reader = threading.Thread(target=read_later)
+    reader.start()
+    try:
+        pusher, waited, sent_at = run(send_all(), timeout=60)
+        reader.join(timeout=30)
+        pusher.close()
+        assert waited > 0 and sent_at > started["t"]  # the sender did wait for the reader
+        assert len(got) == len(groups) and all(g is not None for g in got)
+        for sent, back in zip(groups, got):
+            assert_groups_equal(sent, back)
+        assert not receiver.rejected
+    finally:
+        reader.join(timeout=30)
+        receiver.close()
