@@ -77,9 +77,10 @@ def markdown(report: dict[str, Any]) -> str:
             f"{tokens_per_step:.0f}", fmt(s["step_s_mean"]), f"{s['step_s_mean'] / max(base, 1e-9):.2f}×",
             fmt(s["phase_wait_data_s"]), fmt(s["step_s_mean"] - s["phase_wait_data_s"]),
             fmt(s["trained_tokens_per_s"], ".0f"), fmt(s.get("server_busy_frac"), ".0%"),
+            f"{fmt(s.get('cpu_cores_server'))} / {fmt(s.get('cpu_cores_trainer'))}",
         ])
     return md_table(["variant", "prompts×answers", "stop ids", "workers", "answer len mean/max", "tokens/step",
-                     "step s", "vs base", "wait s", "compute s", "trained tok/s", "server busy"], rows)
+                     "step s", "vs base", "wait s", "compute s", "trained tok/s", "server busy", "cores server/trainer"], rows)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

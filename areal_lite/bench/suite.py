@@ -77,7 +77,7 @@ def _weight_sync(r: dict) -> str:
     for name, size in r["results"].items():
         modes = ", ".join(f"{mode} {m['total_s_per_gb']:.1f} s/GB (paused {m['pause_s_per_gb']:.1f})"
                           for mode, m in size["modes"].items())
-        parts.append(f"{name} ({size['bytes'] / 1e6:.0f} MB): {modes}")
+        parts.append(f"{name} ({size['bytes'] / 1e6:.1f} MB): {modes}")
     return "; ".join(parts)
 
 
