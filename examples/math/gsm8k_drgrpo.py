@@ -165,6 +165,9 @@ def train_main(cfg: ExperimentConfig, env: RunEnv) -> int:
         controller.set_version(start_step)
         controller.start()
 
+    # Held-out accuracy of the starting weights, logged with step 0, so a run shows where it began.
+    initial_eval = evaluate(cfg, env, tokenizer, valid) if valid is not None and start_step == 0 else {}
+
     t_start = time.monotonic()
     paused_s = 0.0
     last_save = last_recover = time.monotonic()
@@ -210,7 +213,7 @@ def train_main(cfg: ExperimentConfig, env: RunEnv) -> int:
                     engine.save_hf(os.path.join(env.run_dir, "checkpoints", f"step{step + 1}"),
                                    tokenizer_path=resolved_tokenizer_path(cfg))
                     last_save = now
-            eval_stats = {}
+            eval_stats, initial_eval = {f"{k}_initial": v for k, v in initial_eval.items()}, {}
             if valid is not None and (step + 1) % cfg.evaluator.freq_steps == 0:
                 with timer("eval"):
                     eval_stats = evaluate(cfg, env, tokenizer, valid)
