@@ -100,7 +100,9 @@ def summarize(run_dir: str) -> dict[str, float]:
         _, vals = series(recs, key)
         if vals:
             out[key] = sum(vals) / len(vals)
-    _, kept = series(recs, "train/num_seqs")
+    _, kept = series(recs, "filter/kept_seqs")  # logged when top-k filtering is on
+    if not kept:
+        _, kept = series(recs, "train/num_seqs")
     if kept:
         out["seqs_per_step"] = sum(kept) / len(kept)
     return out
