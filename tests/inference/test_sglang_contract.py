@@ -159,7 +159,8 @@ def test_launch_flags_exist_in_sglang_server_args(wheel):
             for node in ast.walk(ast.parse(wheel.read(path).decode())):
                 if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
                     names.add(node.target.id)
-    ours_only = {"allowed_weight_dir"}
+    # Embedded-engine-only flags: the weight-folder restriction and the test knob that slows decoding.
+    ours_only = {"allowed_weight_dir", "debug_step_delay"}
     flags = {a.dest for a in build_parser()._actions if a.option_strings and a.dest != "help"}
     assert not sorted(flags - ours_only - names)
     cfg = ExperimentConfig()
