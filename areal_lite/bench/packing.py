@@ -7,9 +7,12 @@ answer lengths are long-tailed (log-normal, median ~60 tokens, clipped to [8, ma
 are: most short, a few near the budget. Same random Qwen2 model (hidden 256, 4 layers by default,
 built locally), same token budget per micro-batch (`--max-tokens-per-mb`), same real PPO actor update
 (decoupled loss, one optimizer step), one gloo rank in this process. Compared:
-- packed: sequences concatenated into one row per micro-batch (first-fit decreasing, no padding);
+- packed: sequences side by side in rows as long as the micro-batch's longest sequence (or
+  `--row-tokens`; first-fit decreasing; only each row's tail is padding), the trainer's default;
+- packed_one_row: the whole micro-batch in one row (no padding; attention over a row costs its
+  length squared, since on CPU the block-diagonal mask is dense);
 - padded: `[B, T]` rows padded to the longest sequence of the micro-batch, in batch order.
-Both layouts run on identical copies of the model, interleaved (packed, padded, packed, ...), and the
+All layouts run on identical copies of the model, interleaved (packed, one row, padded, ...), and the
 table reports the median over `--repeats`. Trained tokens/s counts real (unpadded) sequence tokens
 through forward, backward and the optimizer step; padding waste is 1 - real / model tokens.
 """
@@ -75,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--num-seqs", type=int, default=64)
     parser.add_argument("--max-len", type=int, default=512, help="Longest sequence (prompt + answer).")
     parser.add_argument("--max-tokens-per-mb", type=int, default=2048)
+    parser.add_argument("--row-tokens", type=int, default=0,
+                        help="Packed row length (actor.mb_spec.max_row_tokens; 0: the longest sequence).")
     parser.add_argument("--hidden-size", type=int, default=256)
     parser.add_argument("--num-layers", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
@@ -95,13 +100,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     spec = TinyModelSpec(hidden_size=args.hidden_size, num_hidden_layers=args.num_layers, num_attention_heads=4,
                          num_key_value_heads=2, intermediate_size=4 * args.hidden_size,
                          max_position_embeddings=max(512, args.max_len), seed=args.seed)
-    layouts = {"packed": True, "padded": False}
+    # packed: rows of --row-tokens (the default); packed_one_row: the whole micro-batch in one row.
+    layouts = {"packed": (True, args.row_tokens), "packed_one_row": (True, args.max_tokens_per_mb), "padded": (False, 0)}
     runs: dict[str, list[dict]] = {name: [] for name in layouts}
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = str(build_tiny_model_dir(f"{tmp}/model", spec))
         engines = {}
-        for name, packed in layouts.items():
-            e = FSDPEngine(EngineSpec(path=model_dir, lr=1e-6, max_tokens_per_mb=args.max_tokens_per_mb, packing=packed),
+        for name, (packed, row_tokens) in layouts.items():
+            e = FSDPEngine(EngineSpec(path=model_dir, lr=1e-6, max_tokens_per_mb=args.max_tokens_per_mb, packing=packed,
+                                      max_row_tokens=row_tokens),
                            device=torch.device("cpu"), total_optimizer_steps=args.repeats + 1)
             e.initialize()
             engines[name] = e

@@ -68,7 +68,9 @@ def _transport(r: dict) -> str:
 def _packing(r: dict) -> str:
     res = r["results"]
     pk, pd = res["packed"], res["padded"]
-    return (f"packed {pk['trained_tokens_per_s']:,.0f} vs padded {pd['trained_tokens_per_s']:,.0f} trained tok/s "
+    one = res.get("packed_one_row")
+    one_s = f", one packed row per micro-batch {one['trained_tokens_per_s']:,.0f}" if one else ""
+    return (f"packed rows {pk['trained_tokens_per_s']:,.0f} vs padded {pd['trained_tokens_per_s']:,.0f}{one_s} trained tok/s "
             f"({r['speedup_packed_vs_padded']:.2f}×); padding waste {pk['padding_waste']:.0%} vs {pd['padding_waste']:.0%}")
 
 

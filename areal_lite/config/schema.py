@@ -156,7 +156,12 @@ class OptimizerConfig:
 @dataclass
 class MicroBatchSpec:
     max_tokens_per_mb: int = _f(4096, "Token budget of one micro-batch (sequences are packed up to it).")
-    packing: bool = _f(True, "Pack sequences into one row per micro-batch (no padding); off: padded [B, T] rows.")
+    packing: bool = _f(True, "Pack sequences side by side in rows (almost no padding); off: one padded row per sequence.")
+    max_row_tokens: int = _f(
+        0,
+        "Packed row length: max(this, the micro-batch's longest sequence); max_tokens_per_mb: one row per "
+        "micro-batch. Attention over a row costs its length squared unless a variable-length kernel is used.",
+    )
 
 
 @dataclass
@@ -351,6 +356,11 @@ class SFTWarmStartConfig:
     epochs: int = _f(1, "Passes over the SFT data.")
     batch_size: int = _f(32, "Examples per optimizer step.")
     lr: float = _f(3e-3, "Learning rate.")
+    answer_only_fraction: float = _f(
+        0.0,
+        "Share of warm-start examples whose target is only the final '#### <answer>' line, as in answer-only "
+        "data (drawn with the seed). The model then often answers without working; RL can unlearn that.",
+    )
 
 
 @dataclass

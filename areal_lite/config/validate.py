@@ -125,6 +125,10 @@ def _check_experiment(cfg: ExperimentConfig) -> None:
         "server.context_length",
         f"{cfg.server.context_length} is shorter than train_dataset.max_prompt_len + gconfig.max_new_tokens = {seq_len}",
     )
+    sft = cfg.prepare.sft
+    _require(0.0 <= sft.answer_only_fraction <= 1.0, "prepare.sft.answer_only_fraction", "must be in [0, 1]")
+    _require(sft.epochs >= 1 and sft.num_examples >= 1 and sft.batch_size >= 1, "prepare.sft",
+             "epochs, num_examples and batch_size must be >= 1")
     if cfg.evaluator.freq_steps > 0:
         _require(bool(cfg.valid_dataset.path), "valid_dataset.path", "required when evaluator.freq_steps > 0")
 

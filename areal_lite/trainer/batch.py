@@ -154,7 +154,7 @@ def chunk_microbatches(lengths: Sequence[int], indices: Sequence[int], max_token
 class MicroBatch:
     """Model inputs of one micro-batch and the map from model tokens back to `[B, T]` rows."""
 
-    input_ids: torch.Tensor  # [R, L] packed (R = 1) or padded (R = B)
+    input_ids: torch.Tensor  # [R, L]: packed rows, or one padded row per sequence (R = B)
     position_ids: torch.Tensor  # [R, L]
     attention_mask: torch.Tensor | None  # [R, L] for the padded layout, None when packed
     seq_index: list[int]  # batch indices of the sequences, in row order
@@ -166,7 +166,36 @@ class MicroBatch:
     num_model_tokens: int  # including padding
 
 
-def build_microbatch(batch: SeqBatch, seq_index: Sequence[int], *, packed: bool, device: torch.device) -> MicroBatch:
+def pack_rows(lens: Sequence[int], row_tokens: int) -> tuple[list[int], list[int], int]:
+    """Place sequences of `lens` into rows of max(row_tokens, longest) tokens, first fit decreasing.
+
+    Returns each sequence's (row, start column) and the number of rows. Attention over a packed row
+    costs its length squared (on CPU, and on GPU without a variable-length kernel, the block-diagonal
+    mask is dense), so rows as long as the longest sequence cost no more attention than padding,
+    while short sequences share rows instead of being padded.
+    """
+    cap = max([row_tokens, *lens])
+    row_of, start_of = [0] * len(lens), [0] * len(lens)
+    loads: list[int] = []
+    for i in sorted(range(len(lens)), key=lambda i: (-lens[i], i)):
+        r = next((r for r, load in enumerate(loads) if load + lens[i] <= cap), len(loads))
+        if r == len(loads):
+            loads.append(0)
+        row_of[i], start_of[i] = r, loads[r]
+        loads[r] += lens[i]
+    return row_of, start_of, max(len(loads), 1)
+
+
+def build_microbatch(
+    batch: SeqBatch, seq_index: Sequence[int], *, packed: bool, device: torch.device, row_tokens: int = 0
+) -> MicroBatch:
+    """Model inputs for the sequences `seq_index` of `batch`.
+
+    Packed: sequences side by side in rows of max(`row_tokens`, longest sequence) tokens, each
+    restarting its position ids, which is how transformers recognises packed sequences and masks
+    attention between them; a row's padding is a sequence of its own, whose outputs are dropped.
+    Padded: one `[max_len]` row per sequence with an attention mask.
+    """
     off = batch.offsets
     lens = [int(batch.seqlens[i]) for i in seq_index]
     max_len = max(lens) if lens else 1
@@ -175,11 +204,24 @@ def build_microbatch(batch: SeqBatch, seq_index: Sequence[int], *, packed: bool,
     cols = np.concatenate([np.arange(n) for n in lens]) if lens else np.zeros(0, np.int64)
     ids = torch.from_numpy(batch.input_ids[token_idx])
     if packed:
-        input_ids = ids.view(1, -1)
-        position_ids = torch.from_numpy(cols).view(1, -1)
+        row_of, start_of, num_rows = pack_rows(lens, row_tokens)
+        width = max((start_of[k] + n for k, n in enumerate(lens)), default=1)
+        flat_np = np.concatenate([np.arange(n) + row_of[k] * width + start_of[k] for k, n in enumerate(lens)]) \
+            if lens else np.zeros(0, np.int64)
+        flat = torch.from_numpy(flat_np)
+        input_ids = torch.zeros(num_rows * width, dtype=torch.long)
+        input_ids[flat] = ids
+        # Position ids: each sequence's own 0..n-1; every row's tail (padding) counts from 0 again.
+        position_ids = torch.arange(width).repeat(num_rows)
+        position_ids[flat] = torch.from_numpy(cols)
+        used = np.zeros(num_rows, np.int64)
+        for k, n in enumerate(lens):
+            used[row_of[k]] = max(used[row_of[k]], start_of[k] + n)
+        for r in range(num_rows):
+            position_ids[r * width + used[r] : (r + 1) * width] -= int(used[r])
+        input_ids, position_ids = input_ids.view(num_rows, width), position_ids.view(num_rows, width)
         attention_mask = None
-        flat = torch.arange(len(token_idx))
-        model_tokens = len(token_idx)
+        model_tokens = num_rows * width
     else:
         input_ids = torch.zeros(len(lens), max_len, dtype=torch.long)
         attention_mask = torch.zeros(len(lens), max_len, dtype=torch.long)

@@ -66,6 +66,7 @@ class EngineSpec:
     gradient_clipping: float = 1.0
     max_tokens_per_mb: int = 4096
     packing: bool = True
+    max_row_tokens: int = 0
     temperature: float = 1.0
     logp_chunk_size: int = 1024
 
@@ -87,6 +88,7 @@ class EngineSpec:
             gradient_clipping=o.gradient_clipping,
             max_tokens_per_mb=actor.mb_spec.max_tokens_per_mb,
             packing=actor.mb_spec.packing,
+            max_row_tokens=actor.mb_spec.max_row_tokens,
             temperature=temperature,
         )
 
@@ -225,7 +227,8 @@ class FSDPEngine:
         ent_out = np.zeros(batch.input_ids.shape[0], np.float32) if with_entropy else None
         off = batch.offsets
         for seq_index in my_mbs:
-            mb = build_microbatch(batch, seq_index, packed=self.spec.packing, device=self.device) if seq_index else self._dummy()
+            mb = build_microbatch(batch, seq_index, packed=self.spec.packing, device=self.device,
+                                     row_tokens=self.spec.max_row_tokens) if seq_index else self._dummy()
             lp, ent = self._forward(mb, with_entropy=with_entropy and bool(seq_index))
             if not seq_index:
                 continue
@@ -256,7 +259,8 @@ class FSDPEngine:
         for k, seq_index in enumerate(my_mbs):
             self.model.set_requires_gradient_sync(k == n - 1)
             if seq_index:
-                mb = build_microbatch(batch, seq_index, packed=self.spec.packing, device=self.device)
+                mb = build_microbatch(batch, seq_index, packed=self.spec.packing, device=self.device,
+                                     row_tokens=self.spec.max_row_tokens)
                 lp, ent = self._forward(mb, with_entropy=True)
                 loss, mb_stats = loss_fn(lp, ent, mb)
                 for key, v in mb_stats.items():

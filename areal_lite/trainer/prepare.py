@@ -13,6 +13,7 @@ import dataclasses
 import fcntl
 import logging
 import os
+import random
 import shutil
 import sys
 import time
@@ -34,8 +35,12 @@ def _sft_examples(cfg: ExperimentConfig, tokenizer) -> list[tuple[list[int], lis
         options["num_records"] = sft.num_examples
         ds = dataclasses.replace(ds, synthetic=options)
     records, _ = load_prompt_records(ds, tokenizer)
+    # Answer-only examples: a seeded draw, the same for every run with this config.
+    rng = random.Random(f"sft-answer-only:{cfg.seed}")
     examples = []
     for record in records:
+        if rng.random() < sft.answer_only_fraction:
+            record = {**record, "solution": f"#### {record['answer']}"}
         ids, mask = sft_token_ids(record, tokenizer, ds.prompt_template, ds.system_prompt)
         cut = mask.index(1)
         examples.append((ids[:cut], ids[cut:]))

@@ -58,6 +58,7 @@ BAD = [
     (["allocation.inference.tp_size=2"], "the embedded engine has no tensor parallelism"),
     (["allocation.trainer.nnodes=2"], "do not fit in cluster.n_nodes=1"),
     (["server.context_length=64"], "server.context_length: 64 is shorter than"),
+    (["prepare.sft.answer_only_fraction=1.5"], "prepare.sft.answer_only_fraction: must be in [0, 1]"),
     (["actor.mb_spec.max_tokens_per_mb=16"], "actor.mb_spec.max_tokens_per_mb: 16 cannot hold one full sequence"),
     (["actor.recompute_logprob=false"], "the decoupled loss needs proximal log-probs"),
     (["actor.c_clip=0.5"], "actor.c_clip: the dual-clip constant must be > 1"),

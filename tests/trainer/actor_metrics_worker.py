@@ -47,7 +47,7 @@ def actor_cfg(model: str, case: str) -> ActorConfig:
 
 def engine_spec(model: str, **kw) -> EngineSpec:
     base = dict(path=model, lr=1e-3, lr_scheduler_type="cosine", warmup_steps_proportion=0.25, min_lr_ratio=0.1,
-                gradient_clipping=0.5, max_tokens_per_mb=96)
+                gradient_clipping=0.5, max_tokens_per_mb=96, max_row_tokens=96)  # one row per micro-batch
     return EngineSpec(**{**base, **kw})
 
 

@@ -70,7 +70,7 @@ def test_every_step_logs_the_required_metrics(run, case):
         assert r["ppo/behav_weight_max"] >= r["ppo/behav_weight_mean"] > 0
         assert r["len/gen_min"] <= r["len/gen_mean"] <= r["len/gen_max"]
         assert r["staleness/max"] == r["step"] - max(0, r["step"] - 1)
-        assert r["perf/padding_waste"] == 0.0  # packed micro-batches carry no padding
+        assert r["perf/padding_waste"] == 0.0  # one packed row per micro-batch carries no padding
     # The batches have behaviour log-probs far from the model's: some tokens exceed the cap of 2.
     assert any(r["ppo/behav_capped_frac"] > 0 for r in rows)
     # Second step of the cosine schedule with warmup is below the peak lr.

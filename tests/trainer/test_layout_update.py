@@ -28,16 +28,17 @@ def _torchrun(nproc: int, model: Path, out: Path, budgets: list[str]) -> None:
 
 @pytest.mark.timeout(900)
 def test_update_is_layout_invariant(tiny_model_dir, tmp_path):
-    # budgets: one micro-batch for everything; 64 tokens (several packed micro-batches); padded rows.
-    _torchrun(1, tiny_model_dir, tmp_path, ["100000", "64", "pad96"])
-    _torchrun(2, tiny_model_dir, tmp_path, ["64", "pad128"])
+    # budgets: one micro-batch, one row, for everything; the same in packed rows of 40 tokens (several
+    # sequences per row, row tails padded); 64 tokens (several packed micro-batches); padded rows.
+    _torchrun(1, tiny_model_dir, tmp_path, ["100000", "100000r40", "64", "pad96"])
+    _torchrun(2, tiny_model_dir, tmp_path, ["64r40", "pad128"])
     stats = {**json.loads((tmp_path / "stats-w1.json").read_text()),
              **json.loads((tmp_path / "stats-w2.json").read_text())}
     for reduction in REDUCTIONS:
         ref = load_file(tmp_path / f"{reduction}-100000-w1.safetensors")
         scale = max(float(t.abs().max()) for t in ref.values())
         assert scale > 1e-6, "the update must move the parameters"
-        for layout in ("64-w1", "pad96-w1", "64-w2", "pad128-w2"):
+        for layout in ("100000r40-w1", "64-w1", "pad96-w1", "64r40-w2", "pad128-w2"):
             other = load_file(tmp_path / f"{reduction}-{layout}.safetensors")
             worst = max(float((other[k] - ref[k]).abs().max()) for k in ref)
             assert worst <= 1e-5 * scale, f"{reduction} {layout}: max |Δ diff| {worst:.3e} vs scale {scale:.3e}"
@@ -50,3 +51,5 @@ def test_update_is_layout_invariant(tiny_model_dir, tmp_path):
     # Packed micro-batches carry no padding; padded rows do.
     assert stats["token_mean-64-w1"]["padding_waste"] == 0.0
     assert stats["token_mean-pad96-w1"]["padding_waste"] > 0.0
+    # Packed rows pad only their tails: less waste than one padded row per sequence.
+    assert 0.0 < stats["token_mean-100000r40-w1"]["padding_waste"] < stats["token_mean-pad96-w1"]["padding_waste"]
