@@ -67,7 +67,7 @@ PINNED = {
     "valid_dataset": {"path": "synthetic:arith", "split": "test", "max_prompt_len": 192, "prompt_template": "plain"},
     "actor": {"optimizer": {"lr": 1.0e-3, "weight_decay": 0.0}, "mb_spec": {"max_tokens_per_mb": 4096},
               "adv_norm": {"mean_level": "group", "std_level": "none"}, "loss_reduction": "seq_mean_token_sum_norm",
-              "use_decoupled_loss": True, "behav_weight_cap": 5.0},
+              "use_decoupled_loss": True, "behav_weight_cap": 5.0, "mask_truncated_reward": False},
     "prepare": {"tiny": {"num_attention_heads": 4, "num_key_value_heads": 2}},
 }
 
