@@ -114,3 +114,4 @@ class RewardPool:
             proc.join(timeout=2)
             if proc.is_alive():
                 proc.kill()
+                proc.join(timeout=10)  # reap it: nothing of the pool outlives close()
