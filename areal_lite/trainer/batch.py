@@ -115,7 +115,7 @@ def balance_across_ranks(lengths: Sequence[int], world_size: int) -> list[list[i
 
 
 def pack_microbatches(lengths: Sequence[int], indices: Sequence[int], max_tokens: int) -> list[list[int]]:
-    """First-fit-decreasing packing of `indices` into micro-batches of at most `max_tokens` tokens."""
+    """First-fit-decreasing packing of `indices` into bins of at most `max_tokens` tokens (micro-batches, rows)."""
     bins: list[list[int]] = []
     loads: list[int] = []
     for i in sorted(indices, key=lambda i: (-lengths[i], i)):
@@ -166,34 +166,17 @@ class MicroBatch:
     num_model_tokens: int  # including padding
 
 
-def pack_rows(lens: Sequence[int], row_tokens: int) -> tuple[list[int], list[int], int]:
-    """Place sequences of `lens` into rows of max(row_tokens, longest) tokens, first fit decreasing.
-
-    Returns each sequence's (row, start column) and the number of rows. Attention over a packed row
-    costs its length squared (on CPU, and on GPU without a variable-length kernel, the block-diagonal
-    mask is dense), so rows as long as the longest sequence cost no more attention than padding,
-    while short sequences share rows instead of being padded.
-    """
-    cap = max([row_tokens, *lens])
-    row_of, start_of = [0] * len(lens), [0] * len(lens)
-    loads: list[int] = []
-    for i in sorted(range(len(lens)), key=lambda i: (-lens[i], i)):
-        r = next((r for r, load in enumerate(loads) if load + lens[i] <= cap), len(loads))
-        if r == len(loads):
-            loads.append(0)
-        row_of[i], start_of[i] = r, loads[r]
-        loads[r] += lens[i]
-    return row_of, start_of, max(len(loads), 1)
-
-
 def build_microbatch(
     batch: SeqBatch, seq_index: Sequence[int], *, packed: bool, device: torch.device, row_tokens: int = 0
 ) -> MicroBatch:
     """Model inputs for the sequences `seq_index` of `batch`.
 
-    Packed: sequences side by side in rows of max(`row_tokens`, longest sequence) tokens, each
-    restarting its position ids, which is how transformers recognises packed sequences and masks
-    attention between them; a row's padding is a sequence of its own, whose outputs are dropped.
+    Packed: sequences side by side in rows of max(`row_tokens`, longest sequence) tokens (first fit
+    decreasing), each restarting its position ids, which is how transformers recognises packed
+    sequences and masks attention between them; a row's padding is a sequence of its own, whose
+    outputs are dropped. Attention over a row costs its length squared (on CPU, and on GPU without a
+    variable-length kernel, the block-diagonal mask is dense), so rows as long as the longest
+    sequence cost no more attention than padding, while short sequences share rows.
     Padded: one `[max_len]` row per sequence with an attention mask.
     """
     off = batch.offsets
@@ -204,24 +187,23 @@ def build_microbatch(
     cols = np.concatenate([np.arange(n) for n in lens]) if lens else np.zeros(0, np.int64)
     ids = torch.from_numpy(batch.input_ids[token_idx])
     if packed:
-        row_of, start_of, num_rows = pack_rows(lens, row_tokens)
-        width = max((start_of[k] + n for k, n in enumerate(lens)), default=1)
-        flat_np = np.concatenate([np.arange(n) + row_of[k] * width + start_of[k] for k, n in enumerate(lens)]) \
-            if lens else np.zeros(0, np.int64)
-        flat = torch.from_numpy(flat_np)
-        input_ids = torch.zeros(num_rows * width, dtype=torch.long)
+        packed_rows = pack_microbatches(lens, range(len(lens)), max([row_tokens, *lens])) or [[]]
+        loads = [sum(lens[k] for k in row) for row in packed_rows]
+        width = max(max(loads), 1)
+        offset = np.zeros(len(lens), np.int64)  # each sequence's first position in the flattened rows
+        for r, row in enumerate(packed_rows):
+            offset[row] = r * width + np.cumsum([0] + [lens[k] for k in row[:-1]])
+        flat = torch.from_numpy(np.concatenate([np.arange(n) + offset[k] for k, n in enumerate(lens)])
+                                if lens else np.zeros(0, np.int64))
+        input_ids = torch.zeros(len(packed_rows) * width, dtype=torch.long)
         input_ids[flat] = ids
         # Position ids: each sequence's own 0..n-1; every row's tail (padding) counts from 0 again.
-        position_ids = torch.arange(width).repeat(num_rows)
+        position_ids = torch.cat([torch.cat([torch.zeros(load, dtype=torch.long), torch.arange(width - load)])
+                                  for load in loads])
         position_ids[flat] = torch.from_numpy(cols)
-        used = np.zeros(num_rows, np.int64)
-        for k, n in enumerate(lens):
-            used[row_of[k]] = max(used[row_of[k]], start_of[k] + n)
-        for r in range(num_rows):
-            position_ids[r * width + used[r] : (r + 1) * width] -= int(used[r])
-        input_ids, position_ids = input_ids.view(num_rows, width), position_ids.view(num_rows, width)
+        input_ids, position_ids = input_ids.view(len(packed_rows), width), position_ids.view(len(packed_rows), width)
         attention_mask = None
-        model_tokens = num_rows * width
+        model_tokens = len(packed_rows) * width
     else:
         input_ids = torch.zeros(len(lens), max_len, dtype=torch.long)
         attention_mask = torch.zeros(len(lens), max_len, dtype=torch.long)

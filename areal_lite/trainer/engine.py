@@ -199,6 +199,10 @@ class FSDPEngine:
             ent = ent.masked_fill(starts, 0.0)
         return lp, ent
 
+    def _microbatch(self, batch: SeqBatch, seq_index: Sequence[int]) -> MicroBatch:
+        return build_microbatch(batch, seq_index, packed=self.spec.packing, device=self.device,
+                                row_tokens=self.spec.max_row_tokens)
+
     def _dummy(self) -> MicroBatch:
         """A one-token micro-batch that keeps this rank in step with ranks that have more work."""
         empty = SeqBatch(
@@ -227,8 +231,7 @@ class FSDPEngine:
         ent_out = np.zeros(batch.input_ids.shape[0], np.float32) if with_entropy else None
         off = batch.offsets
         for seq_index in my_mbs:
-            mb = build_microbatch(batch, seq_index, packed=self.spec.packing, device=self.device,
-                                     row_tokens=self.spec.max_row_tokens) if seq_index else self._dummy()
+            mb = self._microbatch(batch, seq_index) if seq_index else self._dummy()
             lp, ent = self._forward(mb, with_entropy=with_entropy and bool(seq_index))
             if not seq_index:
                 continue
@@ -259,8 +262,7 @@ class FSDPEngine:
         for k, seq_index in enumerate(my_mbs):
             self.model.set_requires_gradient_sync(k == n - 1)
             if seq_index:
-                mb = build_microbatch(batch, seq_index, packed=self.spec.packing, device=self.device,
-                                     row_tokens=self.spec.max_row_tokens)
+                mb = self._microbatch(batch, seq_index)
                 lp, ent = self._forward(mb, with_entropy=True)
                 loss, mb_stats = loss_fn(lp, ent, mb)
                 for key, v in mb_stats.items():
