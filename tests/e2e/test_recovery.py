@@ -103,8 +103,11 @@ def test_killed_trainer_resumes_with_the_same_batches(tmp_path, tiny_model_dir):
 
 @pytest.mark.timeout(900)
 def test_killed_worker_loses_no_prompt(tmp_path, tiny_model_dir):
+    # Generation is the bottleneck (a slow server), so both workers always hold prompts: with fast
+    # generation the buffer fills to the staleness bound and a killed worker may hold none.
     extra = {"allocation": {"rollout": {"num_workers": 2}},
              "rollout": {"max_head_offpolicyness": 2},
+             "server": {"debug_step_delay_s": 0.1},
              "recover": {"mode": "auto", "retries": 2}}
     cfg = write_config(tmp_path, tiny_model_dir, extra)
     run = Launch(cfg, "total_train_steps=6")
