@@ -180,31 +180,32 @@ def build_app(
     async def parse(model, request: Request):
         return P.parse_request(model, await _read_body(request, max_body_bytes))
 
+    @app.exception_handler(P.RequestError)
+    async def reject(request: Request, err: P.RequestError):  # every endpoint's malformed input: 4xx, counted
+        return _bad(state, err)
+
     @app.api_route("/generate", methods=["POST", "PUT"])
     async def generate(request: Request):
-        try:
-            req = await parse(P.GenerateReqInput, request)
-            if req.input_ids is not None:
-                ids = req.input_ids
-            elif engine.tokenizer is None:
-                raise P.RequestError("text: the server runs with --skip-tokenizer-init; send input_ids", "text")
-            else:
-                ids = engine.tokenizer.encode(req.text)
-            if not ids:
-                field = "input_ids" if req.input_ids is not None else "text"
-                raise P.RequestError(f"{field}: empty input", field)
-            if min(ids) < 0 or max(ids) >= engine.vocab_size:
-                raise P.RequestError(f"input_ids: token id outside the vocabulary [0, {engine.vocab_size})", "input_ids")
-            spec = build_sampling_spec(engine, req, len(ids))
-        except P.RequestError as e:
-            return _bad(state, e)
+        req = await parse(P.GenerateReqInput, request)
+        if req.input_ids is not None:
+            ids = req.input_ids
+        elif engine.tokenizer is None:
+            raise P.RequestError("text: the server runs with --skip-tokenizer-init; send input_ids", "text")
+        else:
+            ids = engine.tokenizer.encode(req.text)
+        if not ids:
+            field = "input_ids" if req.input_ids is not None else "text"
+            raise P.RequestError(f"{field}: empty input", field)
+        if min(ids) < 0 or max(ids) >= engine.vocab_size:
+            raise P.RequestError(f"input_ids: token id outside the vocabulary [0, {engine.vocab_size})", "input_ids")
+        spec = build_sampling_spec(engine, req, len(ids))
         rid = req.rid or uuid.uuid4().hex
         loop = asyncio.get_running_loop()
         fut: asyncio.Future = loop.create_future()
         try:
             engine.submit(rid, ids, spec, lambda out: loop.call_soon_threadsafe(_resolve_future, fut, out))
         except ValueError as e:
-            return _bad(state, P.RequestError(f"rid: {e}", "rid"))
+            raise P.RequestError(f"rid: {e}", "rid") from None
         except EngineError as e:
             return JSONResponse({"error": {"message": str(e), "code": 503}}, status_code=503)
         try:
@@ -258,38 +259,26 @@ def build_app(
 
     @app.post("/abort_request")
     async def abort_request(request: Request):
-        try:
-            req = await parse(P.AbortReq, request)
-        except P.RequestError as e:
-            return _bad(state, e)
+        req = await parse(P.AbortReq, request)
         await asyncio.wrap_future(engine.abort(req.rid, abort_all=req.abort_all))
         return Response(status_code=200)
 
     @app.post("/pause_generation")
     async def pause_generation(request: Request):
-        try:
-            req = await parse(P.PauseGenerationReqInput, request)
-        except P.RequestError as e:
-            return _bad(state, e)
+        req = await parse(P.PauseGenerationReqInput, request)
         await asyncio.wrap_future(engine.pause(req.mode))
         return {"message": "Generation paused successfully.", "status": "ok"}
 
     @app.post("/continue_generation")
     async def continue_generation(request: Request):
-        try:
-            await parse(P.ContinueGenerationReqInput, request)
-        except P.RequestError as e:
-            return _bad(state, e)
+        await parse(P.ContinueGenerationReqInput, request)
         await asyncio.wrap_future(engine.resume())
         return {"message": "Generation continued successfully.", "status": "ok"}
 
     @app.post("/update_weights_from_disk")
     async def update_weights_from_disk(request: Request):
-        try:
-            req = await parse(P.UpdateWeightFromDiskReqInput, request)
-            path = _checked_weight_path(state, req.model_path)
-        except P.RequestError as e:
-            return _bad(state, e)
+        req = await parse(P.UpdateWeightFromDiskReqInput, request)
+        path = _checked_weight_path(state, req.model_path)
         try:
             n = await asyncio.wrap_future(
                 engine.update_weights_from_disk(path, weight_version=req.weight_version, abort_all_requests=req.abort_all_requests)
@@ -305,10 +294,7 @@ def build_app(
 
     @app.post("/init_weights_update_group")
     async def init_weights_update_group(request: Request):
-        try:
-            req = await parse(P.InitWeightsUpdateGroupReqInput, request)
-        except P.RequestError as e:
-            return _bad(state, e)
+        req = await parse(P.InitWeightsUpdateGroupReqInput, request)
         try:
             # The rendezvous blocks until every member joins: keep it off the event loop and the engine.
             await asyncio.to_thread(
@@ -327,19 +313,13 @@ def build_app(
 
     @app.post("/destroy_weights_update_group")
     async def destroy_weights_update_group(request: Request):
-        try:
-            req = await parse(P.DestroyWeightsUpdateGroupReqInput, request)
-        except P.RequestError as e:
-            return _bad(state, e)
+        req = await parse(P.DestroyWeightsUpdateGroupReqInput, request)
         ok = await asyncio.to_thread(engine.destroy_weights_update_group, req.group_name)
         return _success(ok, "Succeeded to destroy custom process group." if ok else "The group to be destroyed does not exist.")
 
     @app.post("/update_weights_from_distributed")
     async def update_weights_from_distributed(request: Request):
-        try:
-            req = await parse(P.UpdateWeightsFromDistributedReqInput, request)
-        except P.RequestError as e:
-            return _bad(state, e)
+        req = await parse(P.UpdateWeightsFromDistributedReqInput, request)
         try:
             await asyncio.wrap_future(
                 engine.update_weights_from_distributed(
@@ -362,27 +342,18 @@ def build_app(
 
     @app.post("/update_weight_version")
     async def update_weight_version(request: Request):
-        try:
-            req = await parse(P.UpdateWeightVersionReqInput, request)
-        except P.RequestError as e:
-            return _bad(state, e)
+        req = await parse(P.UpdateWeightVersionReqInput, request)
         await asyncio.wrap_future(engine.update_weight_version(req.new_version, abort_all_requests=req.abort_all_requests))
         return _success(True, f"Weight version updated to {req.new_version}", new_version=req.new_version)
 
     @app.post("/begin_weight_update")
     async def begin_weight_update(request: Request):
-        try:
-            await parse(P.BeginWeightUpdateReqInput, request)
-        except P.RequestError as e:
-            return _bad(state, e)
+        await parse(P.BeginWeightUpdateReqInput, request)
         return _success(True, "Weight update session opened.")
 
     @app.post("/end_weight_update")
     async def end_weight_update(request: Request):
-        try:
-            await parse(P.EndWeightUpdateReqInput, request)
-        except P.RequestError as e:
-            return _bad(state, e)
+        await parse(P.EndWeightUpdateReqInput, request)
         return _success(True, "Weight update session closed.")
 
     return app
