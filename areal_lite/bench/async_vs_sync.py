@@ -188,7 +188,7 @@ def markdown(report: dict[str, Any]) -> str:
     w = report["workload"]
     k = w["steps"] - report["warmup_steps"]
     text = [md_table(
-        [f"variant", f"wall s ({k} steps)", "trained tok/s", "vs sync", "server busy", "trainer busy",
+        ["variant", f"wall s ({k} steps)", "trained tok/s", "vs sync", "server busy", "trainer busy",
          "server paused", "staleness mean/max", "final reward", "answer len mean/max", "cores used server/trainer", "machine load"], rows)]
     if cmp:
         o = cmp["overlap"]

@@ -32,6 +32,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from areal_lite.utils.distributed import run_and_exit
+
 
 def build_batch(num_seqs: int, vocab: int, max_len: int, seed: int, group_size: int = 8):
     """A long-tailed mixed-length batch with 0/1 rewards (both present in every group)."""
@@ -173,13 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
-    import torch.distributed as dist
-
-    dist.destroy_process_group()
     return 0
 
 
 if __name__ == "__main__":
-    code = main()
-    sys.stdout.flush()
-    os._exit(code)
+    run_and_exit(main)

@@ -27,6 +27,8 @@ from typing import Sequence
 
 import torch
 
+from areal_lite.utils.distributed import run_and_exit
+
 SIZES = {
     # name: (hidden, layers, intermediate)
     "tiny": (64, 2, 128),
@@ -136,13 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
-    import torch.distributed as dist
-
-    dist.destroy_process_group()
     return 0
 
 
 if __name__ == "__main__":
-    code = main()
-    sys.stdout.flush()
-    os._exit(code)
+    run_and_exit(main)

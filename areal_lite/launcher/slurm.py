@@ -186,7 +186,7 @@ def _step_function(cfg: ExperimentConfig, spec: ProcessSpec) -> list[str]:
     lines = [
         f"# {spec.name}: {spec.role} on node {spec.node_index}, devices {devices}",
         f"start_{_fn(spec.name)}() {{",
-        f"    local RESTARTS=${{1:-0}}",
+        "    local RESTARTS=${1:-0}",
         "    " + " ".join(sh(w) for w in srun) + " \\",
     ]
     container = _container_prefix(cfg)

@@ -9,7 +9,11 @@ rendezvous, are the same whichever side runs SGLang and whichever runs areal_lit
 
 from __future__ import annotations
 
+import os
+import sys
+import traceback
 from datetime import timedelta
+from typing import Callable, NoReturn
 
 import torch.distributed as dist
 from torch.distributed import distributed_c10d as c10d
@@ -62,3 +66,28 @@ def destroy_custom_process_group(pg: dist.ProcessGroup | None) -> None:
     except (AssertionError, RuntimeError, ValueError):
         # Not registered as a regular group in this process: drop our references only.
         c10d._world.pg_group_ranks.pop(pg, None)
+
+
+def run_and_exit(main: Callable[[], int]) -> NoReturn:
+    """Run a distributed program's `main` and exit with its status, skipping interpreter teardown.
+
+    After a clean return every rank meets at a barrier and destroys the default group. The process
+    then leaves through `os._exit`, because gloo's destructors can abort a finished 2-rank job at
+    interpreter exit. On an exception the traceback is printed and the status is 1; there is no
+    barrier then, since the other ranks may never reach it.
+    """
+    try:
+        code = main()
+        if dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+    except SystemExit as e:
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+        code = e.code if isinstance(e.code, int) else int(e.code is not None)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

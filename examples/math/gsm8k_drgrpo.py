@@ -20,7 +20,6 @@ import os
 import sys
 import time
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -47,6 +46,7 @@ from areal_lite.trainer.perf import perf_metrics
 from areal_lite.trainer.stats import StatsLogger, Timer, batch_metrics
 from areal_lite.trainer.weight_sync import build_weight_sync
 from areal_lite.transport import Codec
+from areal_lite.utils.distributed import run_and_exit
 from areal_lite.utils.runenv import RunEnv
 
 logger = logging.getLogger("gsm8k_drgrpo")
@@ -268,19 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     if env.role == "rollout":
         return rollout_main(cfg, env)
-    rc = 1
-    try:
-        rc = train_main(cfg, env)
-    finally:
-        if dist.is_initialized():
-            dist.barrier()
-            dist.destroy_process_group()
-    return rc
+    return train_main(cfg, env)  # run_and_exit tears the process group down
 
 
 if __name__ == "__main__":
-    code = main()
-    # Everything is flushed and closed; skip interpreter teardown, where gloo's destructors can abort.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    run_and_exit(main)

@@ -20,6 +20,7 @@ from areal_lite.config.schema import ActorConfig, StatsLoggerConfig
 from areal_lite.trainer.actor import PPOActor
 from areal_lite.trainer.engine import EngineSpec, FSDPEngine, init_distributed
 from areal_lite.trainer.stats import StatsLogger, Timer, batch_metrics
+from areal_lite.utils.distributed import run_and_exit
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from layout_update_worker import make_batch  # noqa: E402
@@ -116,12 +117,8 @@ def main() -> int:
     if dist.get_rank() == 0:
         with open(os.path.join(out, "engine.json"), "w") as fh:
             json.dump(facts, fh)
-    dist.barrier()
-    dist.destroy_process_group()
     return 0
 
 
 if __name__ == "__main__":
-    code = main()
-    sys.stdout.flush()
-    os._exit(code)
+    run_and_exit(main)

@@ -11,13 +11,13 @@ import sys
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from safetensors.torch import save_file
 
 from areal_lite.config.schema import ActorConfig
 from areal_lite.trainer.actor import PPOActor
 from areal_lite.trainer.batch import SeqBatch
 from areal_lite.trainer.engine import EngineSpec, FSDPEngine, init_distributed
+from areal_lite.utils.distributed import run_and_exit
 
 
 def make_batch(vocab: int, seed: int = 0) -> SeqBatch:
@@ -80,12 +80,8 @@ def main() -> int:
     if rank == 0:
         with open(os.path.join(out, f"stats-w{world}.json"), "w") as fh:
             json.dump(results, fh)
-    dist.barrier()
-    dist.destroy_process_group()
     return 0
 
 
 if __name__ == "__main__":
-    code = main()
-    sys.stdout.flush()
-    os._exit(code)
+    run_and_exit(main)

@@ -18,7 +18,6 @@ import httpx
 import msgpack
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from areal_lite.config.schema import ActorConfig
 from areal_lite.inference.client import ServerAdmin
@@ -28,6 +27,7 @@ from areal_lite.trainer.comm import broadcast_bytes
 from areal_lite.trainer.engine import EngineSpec, FSDPEngine, init_distributed
 from areal_lite.trainer.stats import Timer
 from areal_lite.trainer.weight_sync import DiskWeightSync, DistributedWeightSync
+from areal_lite.utils.distributed import run_and_exit
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from layout_update_worker import make_batch  # noqa: E402
@@ -136,12 +136,8 @@ def main() -> int:
     if rank == 0:
         with open(os.path.join(out, "result.json"), "w") as fh:
             json.dump(results, fh)
-    dist.barrier()
-    dist.destroy_process_group()
     return 0
 
 
 if __name__ == "__main__":
-    code = main()
-    sys.stdout.flush()
-    os._exit(code)
+    run_and_exit(main)

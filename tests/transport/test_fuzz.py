@@ -9,7 +9,6 @@ controller must still admit a worker (hello → welcome, want → grant) and acc
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import time
 
@@ -21,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from areal_lite.trainer.controller import CONTROL_TYPES, GROUP_TYPES, RolloutController
-from areal_lite.transport import Codec, ProtocolError, TrajectoryGroup
+from areal_lite.transport import Codec, ProtocolError
 from tests.transport.test_protocol import BODIES, make_group
 from tests.transport.test_sockets import group_for, handshake, run
 
