@@ -40,7 +40,6 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -48,103 +47,16 @@ from dataclasses import dataclass
 
 from areal_lite.config import ConfigError, exit_on_config_error
 from areal_lite.config.schema import ExperimentConfig, run_dir
-from areal_lite.launcher.common import load_for_launcher, read_from, run_prepare, tail, write_run_config
+from areal_lite.launcher.common import load_for_launcher, run_prepare, tail, write_run_config
 from areal_lite.launcher.local import Child, LaunchError, LocalSupervisor, _Stopped
 from areal_lite.launcher.plan import LOOPBACK, Plan, PortPicker, ProcessSpec, build_plan, torch_threads
-from areal_lite.utils.net import free_port
+from areal_lite.launcher.ray_host import ProcessHost
 
 RPC_S = 30.0  # a ProcessHost call that takes longer means its node is in trouble
 START_S = 180.0  # a new actor: a Ray worker process starts first
 READY_S = 120.0  # placement groups must be reserved within this
 MIN_CPU = 0.01
 ROLE_GROUPS = (("server", "servers"), ("trainer", "trainer"), ("rollout", "rollout workers"))
-
-
-# ---------------------------------------------------------------------------------------------
-# The actor: one process of the plan
-# ---------------------------------------------------------------------------------------------
-
-
-def _child_setup() -> None:
-    """In the child before exec: undo Ray's blocked SIGINT; stop with the actor if it dies (Linux).
-
-    SIGTERM rather than SIGKILL so that torchrun still stops its ranks.
-    """
-    signal.pthread_sigmask(signal.SIG_SETMASK, [])
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-class ProcessHost:
-    """Runs one process of the plan inside a Ray actor: its own session, its output in a log file."""
-
-    def __init__(self) -> None:
-        self.proc: subprocess.Popen | None = None
-        self.log_path = ""
-
-    def node_ip(self) -> str:
-        import ray
-
-        return ray.util.get_node_ip_address()
-
-    def free_ports(self, count: int) -> list[int]:
-        ports: list[int] = []
-        while len(ports) < count:
-            port = free_port("")
-            if port not in ports:
-                ports.append(port)
-        return ports
-
-    def ports_free(self, ports: list[int]) -> list[bool]:
-        return [_port_free(p) for p in ports]
-
-    def start(self, cmd: list[str], env: dict[str, str], log_path: str, files: dict[str, str],
-              dirs: list[str], gpu: bool) -> int:
-        for d in dirs:
-            os.makedirs(d, exist_ok=True)
-        for path, text in files.items():  # the resolved config, unless this node shares the launcher's disk
-            if not os.path.isfile(path) or open(path).read() != text:
-                with open(path, "w") as fh:
-                    fh.write(text)
-        child_env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_TOKEN"}
-        child_env.update(env)
-        if gpu:  # Ray chose this bundle's devices
-            child_env["CUDA_VISIBLE_DEVICES"] = os.environ.get("CUDA_VISIBLE_DEVICES", "")
-        self.log_path = log_path
-        with open(log_path, "ab", buffering=0) as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         env=child_env, start_new_session=True, preexec_fn=_child_setup)
-        return self.proc.pid
-
-    def poll(self) -> int | None:
-        return None if self.proc is None else self.proc.poll()
-
-    def signal_group(self, sig: int) -> None:
-        if self.proc is not None:
-            try:
-                os.killpg(self.proc.pid, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
-            self.proc.poll()  # reap
-
-    def tail(self) -> str:
-        return tail(self.log_path)
-
-    def read_from(self, path: str, pos: int) -> str:
-        return read_from(path, pos)
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("", port))
-            return True
-        except OSError:
-            return False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -533,7 +445,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run the module's own copy (not __main__) so Ray pickles ProcessHost by reference.
-    from areal_lite.launcher.ray import main as _main
-
-    sys.exit(_main())
+    sys.exit(main())
