@@ -1,14 +1,19 @@
 """Synthetic arithmetic word problems for the CPU quickstart (`train_dataset.path: synthetic:arith`).
 
     Eve has 8 coins, gets 5, loses 3, doubles them. How many coins now?
-    8+5=13
-    13-3=10
-    10*2=20
+    gets 5: 8+5=13
+    loses 3: 13-3=10
+    doubles them: 10*2=20
     #### 20
 
 A tiny byte-level model can learn this format by SFT in a minute and then improve by RL. The
 number of steps (1-4 by default) sets the solution's length, so correct answers have different
 lengths, which is what makes a length-biased loss (as Dr.GRPO corrects) visible.
+
+Each line of work first restates its phrase of the question, as GSM8K solutions restate what
+happens. That makes the line the next piece of the question to copy, a pattern a 2-layer model
+learns (an induction head) far better than finding the k-th phrase itself: with bare lines, most
+of the quickstart model's errors on 3-4 step problems were a wrong operation, not a wrong sum.
 
 Difficulty knobs live in `ArithSpec`: the step counts, the number ranges and the operations.
 Splits never share a problem: each arithmetic chain (start number plus operations) is assigned to
@@ -37,10 +42,10 @@ HELD_OUT_SPLITS = ("test", "valid", "validation", "eval", "held_out", "heldout")
 class ArithSpec:
     """Difficulty of the synthetic task.
 
-    The defaults suit the CPU quickstart: after 5 SFT epochs over 2,000 problems (80 s on one core)
-    a 2-layer, hidden-128 byte-level model answers ~55% of held-out problems correctly when
-    sampling at temperature 1, which leaves RL room to raise it. With numbers up to 99 the
-    same model stays under 10%.
+    The defaults (amounts up to 20) give a task a tiny model learns quickly, for tests and short
+    experiments. The CPU quickstart raises amounts to 30 (`max_start` 15, `max_operand` 9): its
+    warm-started 2-layer model then gets about 1 in 8 answers right when it answers without
+    working, and about 7 in 10 when it works the problem out (sampling at temperature 1).
     """
 
     min_steps: int = 1  # operations per problem, drawn uniformly from [min_steps, max_steps]
@@ -109,7 +114,7 @@ def _render(rng: random.Random, start: int, steps: tuple[tuple[str, int], ...]) 
         else:
             phrases.append(HALF_WORDS)
         new = _apply(value, op, x)
-        lines.append(f"{value}{op}{x}={new}")
+        lines.append(f"{phrases[-1]}: {value}{op}{x}={new}")
         value = new
     question = f"{rng.choice(NAMES)} has {start} {obj}, {', '.join(phrases)}. How many {obj} now?"
     return question, "\n".join(lines + [f"#### {value}"]), value

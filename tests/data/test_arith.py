@@ -50,9 +50,9 @@ def test_golden_first_records():
     # Pins the generator: a change here changes every run that used synthetic:arith.
     assert generate_arith_records(2, split="train", seed=0) == [
         {"id": "arith-train-0", "question": "Pam has 1 eggs, doubles them, loses 2. How many eggs now?",
-         "answer": "0", "solution": "1*2=2\n2-2=0\n#### 0"},
+         "answer": "0", "solution": "doubles them: 1*2=2\nloses 2: 2-2=0\n#### 0"},
         {"id": "arith-train-1", "question": "Gus has 9 beads, doubles them. How many beads now?",
-         "answer": "18", "solution": "9*2=18\n#### 18"},
+         "answer": "18", "solution": "doubles them: 9*2=18\n#### 18"},
     ]
 
 
@@ -82,10 +82,12 @@ def test_every_answer_is_correct():
         values = evaluate(start, steps)
         assert r["answer"] == str(values[-1])
         assert all(0 <= v <= spec.max_value for v in values)
-        # Each solution line is one correct step of the same chain, then "#### answer".
+        # Each solution line restates its phrase of the question and does that step of the chain,
+        # then "#### answer".
         lines = r["solution"].split("\n")
         assert lines[-1] == f"#### {values[-1]}"
-        expected = [f"{values[i]}{op}{x}={values[i + 1]}" for i, (op, x) in enumerate(steps)]
+        phrases = r["question"].split(". How many")[0].split(", ")[1:]
+        expected = [f"{p}: {values[i]}{op}{x}={values[i + 1]}" for i, (p, (op, x)) in enumerate(zip(phrases, steps))]
         assert lines[:-1] == expected
         assert math_reward(r["solution"], r["answer"]) == 1.0
 
@@ -96,13 +98,13 @@ def test_lengths_vary_with_steps_and_stay_short():
     assert sorted(steps) == [1, 2, 3, 4]
     assert min(steps.values()) > 0.2 * len(records)  # uniform over 1-4 steps: about 25% each
     sol_lens = [len(r["solution"].encode()) for r in records]
-    assert min(sol_lens) <= 15 and max(sol_lens) >= 35  # "3+4=7\n#### 7" vs four lines of work
-    # Each step adds a line of at least "a+b=c\n" (6 bytes): mean length rises with the step count.
+    assert min(sol_lens) <= 25 and max(sol_lens) >= 70  # "gets 4: 3+4=7\n#### 7" vs four lines of work
+    # Each step adds a line of at least "uses 1: a+b=c\n" (14 bytes): mean length rises with the step count.
     mean_len = {n: sum(len(r["solution"]) for r in records if r["solution"].count("\n") == n) / steps[n]
                 for n in steps}
-    assert all(mean_len[n + 1] - mean_len[n] >= 6 for n in (1, 2, 3)), mean_len
+    assert all(mean_len[n + 1] - mean_len[n] >= 14 for n in (1, 2, 3)), mean_len
     total = [len((r["question"] + "\n" + r["solution"]).encode()) for r in records]
-    assert max(total) <= 150
+    assert max(total) <= 200
 
 
 def test_difficulty_knobs():

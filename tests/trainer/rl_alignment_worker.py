@@ -43,7 +43,7 @@ def main() -> int:
         examples.append((ids[:cut], ids[cut:]))
     batch = sft_batch(examples)
     # A small budget: several packed micro-batches, so the scatter back to sequences is exercised.
-    engine = FSDPEngine(EngineSpec(path=model_dir, max_tokens_per_mb=160, weight_decay=0.0), device=device,
+    engine = FSDPEngine(EngineSpec(path=model_dir, max_tokens_per_mb=256, weight_decay=0.0), device=device,
                         total_optimizer_steps=1)
     engine.initialize()
     mbs = engine.microbatches(batch, balance_across_ranks([int(x) for x in batch.seqlens], 1))[0]
