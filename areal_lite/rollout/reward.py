@@ -12,6 +12,9 @@ import asyncio
 import logging
 import math
 import multiprocessing as mp
+import os
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable
@@ -21,6 +24,22 @@ logger = logging.getLogger("areal_lite.reward")
 
 def _call(fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
     return fn(*args, **kwargs)
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """Pool initializer: leave once the parent is gone.
+
+    A rollout worker killed with SIGKILL runs no cleanup, and an idle pool process would otherwise
+    live on as an orphan. A thread, not PR_SET_PDEATHSIG: that fires when the creating *thread*
+    exits, and Linux only.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def as_reward(value: Any) -> float | None:
@@ -56,7 +75,8 @@ class RewardPool:
 
     def _get_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(self.num_workers, mp_context=mp.get_context(self.start_method))
+            self._pool = ProcessPoolExecutor(self.num_workers, mp_context=mp.get_context(self.start_method),
+                                             initializer=_exit_with_parent, initargs=(os.getpid(),))
         return self._pool
 
     def _reset_pool(self) -> None:

@@ -4,6 +4,12 @@ workflow applies the configured policy (drop the group or score 0); the pool kee
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -143,3 +149,40 @@ def test_close_kills_a_hung_reward_process():
     for proc in procs:
         proc.join(timeout=15)  # close() has already reaped it; the margin is for a loaded machine
         assert not proc.is_alive()
+
+
+OWNER = """
+import asyncio, sys, time
+from areal_lite.rollout.reward import RewardPool
+from tests.rollout.reward_fns import by_answer
+pool = RewardPool(num_workers=1, timeout=30)
+print(int(asyncio.run(pool.score(by_answer, "x", answer="pid"))), flush=True)
+time.sleep(600)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead too: it only waits for its (new) parent to reap it.
+    with open(f"/proc/{pid}/stat") as fh:
+        return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_pool_processes_exit_when_their_owner_is_killed():
+    # A rollout worker killed with SIGKILL runs no cleanup: its reward processes must not live on.
+    owner = subprocess.Popen([sys.executable, "-c", OWNER], stdout=subprocess.PIPE, text=True,
+                             cwd=Path(__file__).resolve().parents[2])
+    try:
+        child = int(owner.stdout.readline())
+        assert child != owner.pid and _alive(child)
+        owner.send_signal(signal.SIGKILL)
+        owner.wait(10)
+        deadline = time.monotonic() + 10
+        while _alive(child) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(child), "the reward process outlived its owner"
+    finally:
+        owner.kill()
