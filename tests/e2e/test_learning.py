@@ -4,10 +4,10 @@ Same config as the README's main command (examples/math/gsm8k_drgrpo_cpu.yaml), 
 fewer evaluation prompts and the prepared model built in the test's tmp dir by the launcher's
 prepare step (tiny model + SFT warm start, exactly as the quickstart does).
 
-Margins well below what the quickstart gains (docs/quickstart.md: +0.4 in reward, held-out
-accuracy about 0.2 -> 0.8 over 80 steps): the mean reward of the last 25% of steps exceeds the
-first 25% by >= 0.06, and greedy held-out accuracy after the run exceeds the warm-started model's
-by >= 0.15. A run that does not learn
+Margins about half of what this shortened run gains (CI on 2026-11-23: +0.32 in reward over 25%
+windows, held-out accuracy 0.19 -> 0.83): the mean reward of the last 25% of steps exceeds the
+first 25% by >= 0.15, and greedy held-out accuracy after the run exceeds the warm-started model's
+by >= 0.3. A run that does not learn
 (gain ~0, as before the answer-only warm start) fails both.
 """
 
@@ -23,8 +23,8 @@ from tests.e2e.conftest import explain, launch, read_jsonl
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "examples" / "math" / "gsm8k_drgrpo_cpu.yaml"
 STEPS = 30
-MIN_GAIN = 0.06
-MIN_EVAL_GAIN = 0.15
+MIN_GAIN = 0.15
+MIN_EVAL_GAIN = 0.3
 
 
 @pytest.mark.timeout(1200)
