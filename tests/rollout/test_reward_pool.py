@@ -4,7 +4,6 @@ workflow applies the configured policy (drop the group or score 0); the pool kee
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import pytest
 
 from areal_lite.inference.client import InferenceClient, SamplingParams
 from areal_lite.inference.local_server import start_local_server
+from areal_lite.launcher.slurm_step import pid_alive  # zombies count as gone
 from areal_lite.rollout.reward import RewardPool
 from areal_lite.rollout.worker import build_group
 from areal_lite.rollout.workflow import RewardFailure, RLVRWorkflow
@@ -161,28 +161,18 @@ time.sleep(600)
 """
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie is dead too: it only waits for its (new) parent to reap it.
-    with open(f"/proc/{pid}/stat") as fh:
-        return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-
-
 def test_pool_processes_exit_when_their_owner_is_killed():
     # A rollout worker killed with SIGKILL runs no cleanup: its reward processes must not live on.
     owner = subprocess.Popen([sys.executable, "-c", OWNER], stdout=subprocess.PIPE, text=True,
                              cwd=Path(__file__).resolve().parents[2])
     try:
         child = int(owner.stdout.readline())
-        assert child != owner.pid and _alive(child)
+        assert child != owner.pid and pid_alive(child)
         owner.send_signal(signal.SIGKILL)
         owner.wait(10)
         deadline = time.monotonic() + 10
-        while _alive(child) and time.monotonic() < deadline:
+        while pid_alive(child) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not _alive(child), "the reward process outlived its owner"
+        assert not pid_alive(child), "the reward process outlived its owner"
     finally:
         owner.kill()
