@@ -115,6 +115,21 @@ class Peer:
         """One function or class of `path`, executed verbatim (see `load`)."""
         return self.load(path, name, **extra)[name.split(".")[-1]]
 
+    def run_statement(self, path: str, qualname: str, prefix: str, local: dict) -> dict:
+        """Execute the first statement inside function `qualname` whose source starts with `prefix`
+        (e.g. one `if` chain of a long method), with `local` as its variables; returns them after."""
+        src = self.source(path)
+        func = self.node(path, qualname)
+        for node in ast.walk(func):
+            if isinstance(node, ast.stmt) and node is not func:
+                text = ast.get_source_segment(src, node) or ""
+                if text.startswith(prefix):
+                    scope = {**self.ns, **local}
+                    exec(compile(ast.Module(body=[node], type_ignores=[]), f"<{self.name} {qualname}>", "exec",
+                                 flags=__future__.annotations.compiler_flag, dont_inherit=True), scope)
+                    return scope
+        raise LookupError(f"{self.name}: no statement starting {prefix!r} in {qualname}")
+
     def _exec(self, module: ast.Module, label: str) -> None:
         # NOTE: postponed annotations: their type hints name classes we do not load.
         code = compile(module, f"<{self.name}-{self.version} {label}>", "exec",
