@@ -73,14 +73,15 @@ def reinforce_loss(logp, advantages, mask):
 def gmpo_loss(logp, old_logp, advantages, mask, *, eps_low: float = 0.4, eps_high: float = 0.4):
     """GMPO (geometric-mean policy optimisation, 2507.20673), one loss per sequence on all its tokens.
 
-    Δ_t = logp − old_logp; with s = sign(Ā_i): Δ'_t = s·min(s·Δ_t, s·clip(Δ_t, −eps_low, eps_high));
+    Δ_t = logp − old_logp; with s_t = sign(A_t): Δ'_t = s_t·min(s_t·Δ_t, s_t·clip(Δ_t, −eps_low, eps_high));
     ρ_i = exp(mean_t Δ'_t); ℓ_i = −Ā_i·ρ_i with Ā_i the sequence's mean token advantage. ℓ_i is
-    written on every token of the sequence, so `seq_mean_token_mean` gives mean_i ℓ_i.
+    written on every token of the sequence, so `seq_mean_token_mean` gives mean_i ℓ_i. (The sign is
+    per token, as verl's `geo_mean`; with one advantage per sequence it is the paper's sign(A_i).)
     """
     m, adv, log_ratio, zero = _prepare(logp, old_logp, advantages, mask)
     n_i = m.sum(dim=1).clamp(min=1)
     seq_adv = adv.sum(dim=1) / n_i  # [B]
-    sign = torch.sign(seq_adv)[:, None]
+    sign = torch.sign(adv)
     clipped = torch.clamp(log_ratio, -eps_low, eps_high)
     kept = sign * torch.minimum(sign * log_ratio, sign * clipped)
     rho = torch.exp(torch.where(m, kept, zero).sum(dim=1) / n_i)  # [B]
@@ -153,5 +154,6 @@ def top_entropy_mask(entropy: torch.Tensor, mask: torch.Tensor, top_fraction: fl
     h = entropy.detach()
     if top_fraction == 1 or not m.any():
         return m.clone()
-    q = torch.quantile(h[m].to(torch.float64), 1.0 - top_fraction)
-    return (h.to(torch.float64) >= q) & m
+    # NOTE: in the entropies' own dtype, so that float32 entropies get TRL's float32 threshold.
+    q = torch.quantile(h[m], 1.0 - top_fraction)
+    return (h >= q) & m

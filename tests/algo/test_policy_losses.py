@@ -71,9 +71,9 @@ def test_gmpo_loop():
     for b in range(3):
         ts = [t for t in range(4) if MASK[b, t]]
         a = sum(adv[b, t].item() for t in ts) / len(ts)
-        s = (a > 0) - (a < 0)
         kept = []
         for t in ts:
+            s = (adv[b, t].item() > 0) - (adv[b, t].item() < 0)
             d = logp[b, t].item() - old[b, t].item()
             kept.append(s * min(s * d, s * min(max(d, -0.3), 0.2)))
         want = -a * math.exp(sum(kept) / len(ts))
