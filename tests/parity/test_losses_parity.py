@@ -271,3 +271,16 @@ def test_verl_sequence_is_truncate_and_mask(peer_factory):
     theirs, _ = fn(old - behav, m, rollout_is="sequence", rollout_is_threshold="0.5_2.0")
     ours = sequence_is_weights(old, behav, MASK, agg="product", mode="mask", cap=2.0, lower=0.5)[0]
     torch.testing.assert_close(ours, theirs, **TOL)
+
+
+def test_verl_gspo_with_one_advantage_per_sequence(verl):
+    fn = verl.function(CORE, "compute_policy_loss_gspo")
+    logp, old, _ = batch(16, spread=0.2)
+    adv = torch.randn(MASK.shape[0], generator=torch.Generator().manual_seed(17), dtype=F64)
+    cfg = verl_cfg(clip_ratio_low=3e-4, clip_ratio_high=4e-4)
+    tok_adv = adv[:, None].expand(MASK.shape)
+    for lo, hi in ((3e-4, 4e-4), (0.5, 0.5)):
+        cfg = verl_cfg(clip_ratio_low=lo, clip_ratio_high=hi)
+        same_grad(lambda x: reduce_loss(policy_loss(x, old, adv, MASK, eps_clip=lo, eps_clip_higher=hi,
+                                                    ratio_level="sequence")[0], MASK, "seq_mean_token_mean"),
+                  lambda x: fn(old, x, tok_adv, MASK.to(F64), "seq-mean-token-mean", cfg)[0], logp)
