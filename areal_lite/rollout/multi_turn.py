@@ -1,7 +1,8 @@
 """Multi-turn episodes against a text environment, as training samples.
 
 `EnvWorkflow.arun_episode(client, record)` resets `n_samples` environments with the record's seed
-(one GRPO group: every episode starts from the same state) and plays each one out:
+(one GRPO group: every episode starts from the same state; a record without a seed gets one fresh
+seed for its group) and plays each one out:
 
     prompt = chat(system?, user: first observation) + generation prompt
     repeat: reply ← the server (model tokens: loss_mask 1, behaviour log-prob, weight version)
@@ -35,7 +36,7 @@ from typing import Any, Callable
 import numpy as np
 
 from areal_lite.envs import TextEnv
-from areal_lite.inference.client import InferenceClient, SamplingParams
+from areal_lite.inference.client import GenerationResult, InferenceClient, SamplingParams
 from areal_lite.rollout.workflow import Trajectory
 
 # finish_reason of an episode: the trainer's `truncated` flag (mask_truncated_reward) reads "length".
@@ -120,14 +121,20 @@ class EpisodeTrajectory(Trajectory):
     turn_spans: list[tuple[int, int]] = field(default_factory=list)  # [start, end) of each reply's tokens
 
 
-class _Tokens:
-    """The growing sequence of one episode: ids and the per-token training columns."""
+class _Episode:
+    """The growing record of one episode: the sequence, its per-token training columns, the turns."""
 
-    def __init__(self) -> None:
+    def __init__(self, seed: int | None) -> None:
+        self.seed = seed
         self.ids: list[int] = []
         self.mask: list[int] = []
         self.logp: list[float] = []
         self.versions: list[int] = []
+        self.prompt_len = 0
+        self.spans: list[tuple[int, int]] = []
+        self.turn_rewards: list[float] = []
+        self.last_info: dict[str, Any] = {}
+        self.stats = {"env_reward": 0.0, "format_errors": 0, "num_interruptions": 0, "gen_s": 0.0, "env_s": 0.0}
 
     def add_context(self, ids: list[int]) -> None:
         self.ids += ids
@@ -135,13 +142,47 @@ class _Tokens:
         self.logp += [0.0] * len(ids)
         self.versions += [-1] * len(ids)
 
-    def add_model(self, ids: list[int], logp: list[float], versions: list[int]) -> tuple[int, int]:
+    def add_reply(self, gen: GenerationResult, gen_s: float) -> None:
         start = len(self.ids)
-        self.ids += ids
-        self.mask += [1] * len(ids)
-        self.logp += logp
-        self.versions += versions
-        return start, len(self.ids)
+        self.ids += gen.output_ids
+        self.mask += [1] * len(gen.output_ids)
+        self.logp += gen.logprobs
+        self.versions += gen.versions
+        self.spans.append((start, len(self.ids)))
+        self.stats["num_interruptions"] += gen.num_interruptions
+        self.stats["gen_s"] += gen_s
+
+    def add_outcome(self, reward: float, info: dict[str, Any], format_penalty: float, env_s: float) -> None:
+        format_error = bool(info.get("format_error"))
+        self.turn_rewards.append(reward + (format_penalty if format_error else 0.0))
+        self.last_info = info
+        self.stats["env_reward"] += reward
+        self.stats["format_errors"] += format_error
+        self.stats["env_s"] += env_s
+
+    def trajectory(self, finish: str) -> EpisodeTrajectory:
+        s = self.stats
+        return EpisodeTrajectory(
+            input_ids=np.asarray(self.ids, np.int32),
+            loss_mask=np.asarray(self.mask, np.uint8),
+            behav_logp=np.asarray(self.logp, np.float32),
+            versions=np.asarray(self.versions, np.int32),
+            reward=float(sum(self.turn_rewards)),
+            prompt_len=self.prompt_len,
+            finish_reason=finish,
+            info={
+                "turns": len(self.spans),
+                "success": bool(self.last_info.get("success", False)),
+                "seed": -1 if self.seed is None else int(self.seed),
+                "env_reward": float(s["env_reward"]),
+                "format_errors": int(s["format_errors"]),
+                "num_interruptions": int(s["num_interruptions"]),
+                "gen_s": round(s["gen_s"], 4),
+                "env_s": round(s["env_s"], 4),
+            },
+            turn_rewards=list(self.turn_rewards),
+            turn_spans=list(self.spans),
+        )
 
 
 def seed_records(num: int, start: int = 0) -> list[dict]:
@@ -181,7 +222,9 @@ class EnvWorkflow:
 
     async def arun_episode(self, client: InferenceClient, record: dict) -> list[Trajectory] | None:
         seed = record.get("seed")
-        if seed is not None and not isinstance(seed, int):
+        if seed is None:  # one fresh seed for the whole group: its episodes must start alike
+            seed = int(np.random.SeedSequence().entropy % 2**31)
+        elif not isinstance(seed, int) or isinstance(seed, bool):
             raise ValueError(f"record {record.get('id')!r}: seed must be an integer, got {seed!r}")
         return list(await asyncio.gather(*(self.arun_one(client, seed) for _ in range(self.n_samples))))
 
@@ -195,59 +238,27 @@ class EnvWorkflow:
             env.close()
 
     async def _play(self, client: InferenceClient, env: TextEnv, obs: str, seed: int | None) -> EpisodeTrajectory:
-        seq = _Tokens()
-        seq.add_context(self.turns.prompt_ids(obs))
-        prompt_len = len(seq.ids)
-        if prompt_len >= self.max_total_tokens:
-            raise ValueError(f"the first observation takes {prompt_len} tokens, max_total_tokens is "
+        ep = _Episode(seed)
+        ep.add_context(self.turns.prompt_ids(obs))
+        ep.prompt_len = len(ep.ids)
+        if ep.prompt_len >= self.max_total_tokens:
+            raise ValueError(f"the first observation takes {ep.prompt_len} tokens, max_total_tokens is "
                              f"{self.max_total_tokens}: no room for a reply")
-        spans: list[tuple[int, int]] = []
-        turn_rewards: list[float] = []
-        stats = {"env_reward": 0.0, "format_errors": 0, "num_interruptions": 0, "gen_s": 0.0, "env_s": 0.0}
-        info: dict[str, Any] = {}
-        finish = "length"
         for turn in range(self.max_turns):
             # >= 1: the prompt fits, and an observation is added only when a reply still fits after it
-            budget = min(self.sampling.max_new_tokens, self.max_total_tokens - len(seq.ids))
+            budget = min(self.sampling.max_new_tokens, self.max_total_tokens - len(ep.ids))
             t0 = time.monotonic()
-            gen = await client.agenerate(seq.ids, dataclasses.replace(self.sampling, max_new_tokens=budget))
+            gen = await client.agenerate(ep.ids, dataclasses.replace(self.sampling, max_new_tokens=budget))
             t1 = time.monotonic()
-            spans.append(seq.add_model(gen.output_ids, gen.logprobs, gen.versions))
+            ep.add_reply(gen, t1 - t0)
             reply = self.tokenizer.decode(gen.output_ids, skip_special_tokens=True)
             obs, reward, terminated, truncated, info = await asyncio.to_thread(env.step, reply)
-            stats["gen_s"] += t1 - t0
-            stats["env_s"] += time.monotonic() - t1
-            stats["num_interruptions"] += gen.num_interruptions
-            format_error = bool(info.get("format_error"))
-            stats["env_reward"] += reward
-            stats["format_errors"] += format_error
-            turn_rewards.append(reward + (self.format_penalty if format_error else 0.0))
+            ep.add_outcome(reward, info, self.format_penalty, time.monotonic() - t1)
             if terminated or truncated or turn == self.max_turns - 1:
-                finish = "stop" if terminated else "truncated" if truncated else "max_turns"
-                break
+                return ep.trajectory("stop" if terminated else "truncated" if truncated else "max_turns")
             closed = bool(gen.output_ids) and gen.output_ids[-1] == self.turns.eot_id
             obs_ids = self.turns.observation_ids(obs, closed)
-            if len(seq.ids) + len(obs_ids) >= self.max_total_tokens:
-                break  # no room left for another reply: the episode ends at the token budget
-            seq.add_context(obs_ids)
-        return EpisodeTrajectory(
-            input_ids=np.asarray(seq.ids, np.int32),
-            loss_mask=np.asarray(seq.mask, np.uint8),
-            behav_logp=np.asarray(seq.logp, np.float32),
-            versions=np.asarray(seq.versions, np.int32),
-            reward=float(sum(turn_rewards)),
-            prompt_len=prompt_len,
-            finish_reason=finish,
-            info={
-                "turns": len(spans),
-                "success": bool(info.get("success", False)),
-                "seed": -1 if seed is None else int(seed),
-                "env_reward": float(stats["env_reward"]),
-                "format_errors": int(stats["format_errors"]),
-                "num_interruptions": int(stats["num_interruptions"]),
-                "gen_s": round(stats["gen_s"], 4),
-                "env_s": round(stats["env_s"], 4),
-            },
-            turn_rewards=turn_rewards,
-            turn_spans=spans,
-        )
+            if len(ep.ids) + len(obs_ids) >= self.max_total_tokens:
+                break  # no room left for another reply
+            ep.add_context(obs_ids)
+        return ep.trajectory("length")

@@ -16,7 +16,7 @@ from areal_lite import algo
 from areal_lite.envs import TextEnv, make_env
 from areal_lite.inference.client import InferenceClient, SamplingParams, ServerAdmin, parse_version
 from areal_lite.inference.local_server import start_local_server
-from areal_lite.rollout.multi_turn import EnvWorkflow, EpisodeTrajectory, seed_records
+from areal_lite.rollout.multi_turn import FINISH_REASONS, EnvWorkflow, EpisodeTrajectory, seed_records
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -175,6 +175,7 @@ def test_limits_end_episodes(server, tokenizer):
         return await asyncio.gather(*(w.arun_one(client, 3) for w in cases.values()))
 
     out = dict(zip(cases, run(server, go)))
+    assert all(t.finish_reason in FINISH_REASONS for t in out.values())
     assert out["max_turns"].finish_reason == "max_turns" and len(out["max_turns"].turn_spans) == 2
     assert out["truncated"].finish_reason == "truncated" and out["truncated"].reward == pytest.approx(0.5)
     assert out["truncated"].info["success"] is False
@@ -222,3 +223,14 @@ def test_episode_across_a_weight_version_change(server, tokenizer):
     assert paused.info["num_interruptions"] >= 1 and second[0] == v and second[-1] == v + 1
     assert (np.diff(paused.versions[paused.loss_mask == 1]) >= 0).all()
     assert (straight.versions[straight.loss_mask == 1] == v).all()
+
+
+def test_a_record_without_a_seed_gets_one_for_its_whole_group(server, tokenizer):
+    log: list = []
+    workflow = EnvWorkflow(env_fn=lambda: Scripted([0.0], log=log), tokenizer=tokenizer,
+                           sampling=SamplingParams(max_new_tokens=4), n_samples=3, max_turns=1)
+    trajs = run(server, lambda c: workflow.arun_episode(c, {"id": "no-seed"}))
+    assert len({t.info["seed"] for t in trajs}) == 1 and trajs[0].info["seed"] >= 0
+    assert len({e[1] for e in log if e[0] == "reset"}) == 1
+    with pytest.raises(ValueError, match="record 'bad': seed must be an integer, got '7'"):
+        run(server, lambda c: workflow.arun_episode(c, {"id": "bad", "seed": "7"}))
