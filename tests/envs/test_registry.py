@@ -56,7 +56,8 @@ def test_builtins_are_registered_and_build():
 
 
 @pytest.mark.parametrize("name,options,message", [
-    ("frozen_lake", {}, "unknown env 'frozen_lake' (did you mean 'frozenlake'?); registered: bandit, frozenlake, sokoban"),
+    ("frozen_lake", {},
+     "unknown env 'frozen_lake' (did you mean 'frozenlake'?); registered: bandit, frozenlake, sokoban"),
     ("frozenlake", {"sise": 4}, "env 'frozenlake' has no option 'sise' (did you mean 'size'?); its options: size, p,"),
     ("sokoban", {"num_box": 2}, "env 'sokoban' has no option 'num_box' (did you mean 'num_boxes'?)"),
     ("bandit", {"xyz": 1}, "env 'bandit' has no option 'xyz'; its options: lo_arm_name,"),
