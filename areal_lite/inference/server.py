@@ -51,6 +51,8 @@ class _ServerState:
         self.rejected_requests = 0
         self.unauthorized_requests = 0
         self.started = time.time()
+        # SGLang's weight-update session: distributed updates only between begin and end (one open at a time).
+        self.weight_update_session = False
 
 
 def _bad(state: _ServerState, err: P.RequestError) -> JSONResponse:
@@ -320,6 +322,9 @@ def build_app(
     @app.post("/update_weights_from_distributed")
     async def update_weights_from_distributed(request: Request):
         req = await parse(P.UpdateWeightsFromDistributedReqInput, request)
+        if not state.weight_update_session:
+            return _success(False, "update_weights_from_distributed must run between begin_weight_update() "
+                                   "and end_weight_update()")
         try:
             await asyncio.wrap_future(
                 engine.update_weights_from_distributed(
@@ -349,12 +354,18 @@ def build_app(
     @app.post("/begin_weight_update")
     async def begin_weight_update(request: Request):
         await parse(P.BeginWeightUpdateReqInput, request)
-        return _success(True, "Weight update session opened.")
+        if state.weight_update_session:
+            return _success(False, "a weight-update session is already open; call end_weight_update() first")
+        state.weight_update_session = True
+        return _success(True, "Success")
 
     @app.post("/end_weight_update")
     async def end_weight_update(request: Request):
         await parse(P.EndWeightUpdateReqInput, request)
-        return _success(True, "Weight update session closed.")
+        if not state.weight_update_session:
+            return _success(False, "no weight-update session is open; call begin_weight_update() first")
+        state.weight_update_session = False
+        return _success(True, "Success")
 
     return app
 
