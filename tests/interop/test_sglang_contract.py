@@ -1,53 +1,31 @@
 """Field contract with SGLang: every field we accept or send exists in SGLang under the same name.
 
-The pinned SGLang wheel is downloaded (`pip download --no-deps`, ~40 MB, cached) and its sources are
-read with `ast` straight from the zip: SGLang is never imported or installed. Skipped only when
-the download itself fails (no index reachable).
+The pinned SGLang wheel (tests/interop/sglang_src.py) is read with `ast` straight from the zip.
+Skipped only when the download itself fails (no index reachable). The launch flags are checked by
+SGLang's own parser in test_sglang_server_args.py.
 """
 
 from __future__ import annotations
 
 import ast
-import os
-import subprocess
-import sys
 import zipfile
-from pathlib import Path
 
 import pytest
 
 from areal_lite.inference import protocol as P
+from tests.interop.sglang_src import SGLANG_PIN, Unavailable, wheel_path
 
-SGLANG_PIN = "0.5.23"
-# One fixed wheel, whatever machine runs the test (the sources are the same in every wheel).
-WHEEL_PLATFORM = ["--platform", "manylinux_2_34_x86_64", "--python-version", "311", "--implementation", "cp"]
 # Our defaults that differ from SGLang's on purpose (SGLang's top_k default is a named constant, TOP_K_ALL).
 KNOWN_DEFAULT_DIFFERENCES = {("SamplingParams", "top_k")}
 
 
-def _cache_dir() -> Path:
-    root = os.environ.get("AREAL_LITE_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache"), "areal_lite"
-    )
-    return Path(root) / "sglang" / SGLANG_PIN
-
-
 @pytest.fixture(scope="module")
 def wheel() -> zipfile.ZipFile:
-    cache = _cache_dir()
-    found = sorted(cache.glob(f"sglang-{SGLANG_PIN}-*.whl"))
-    if not found:
-        cache.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", *WHEEL_PLATFORM,
-               f"sglang=={SGLANG_PIN}", "-d", str(cache), "--quiet"]
-        try:
-            r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-        except subprocess.TimeoutExpired:
-            pytest.skip(f"pip download sglang=={SGLANG_PIN} timed out")
-        found = sorted(cache.glob(f"sglang-{SGLANG_PIN}-*.whl"))
-        if r.returncode != 0 or not found:
-            pytest.skip(f"could not download sglang=={SGLANG_PIN}: {r.stderr.strip()[-300:]}")
-    with zipfile.ZipFile(found[0]) as zf:
+    try:
+        path = wheel_path()
+    except Unavailable as e:
+        pytest.skip(str(e))
+    with zipfile.ZipFile(path) as zf:
         yield zf
 
 
@@ -145,26 +123,3 @@ def test_endpoints_exist_in_sglang_http_server(wheel):
     ours = set(P.SGLANG_CONTRACT) | {"/health", "/health_generate", "/model_info", "/get_model_info",
                                      "/server_info", "/get_server_info", "/flush_cache"}
     assert not sorted(ours - routes)
-
-
-@pytest.mark.timeout(900)
-def test_launch_flags_exist_in_sglang_server_args(wheel):
-    from areal_lite.config.schema import ExperimentConfig
-    from areal_lite.inference.launch_server import build_parser
-    from areal_lite.inference.sglang import build_sglang_command
-
-    names: set[str] = set()
-    for path in wheel.namelist():
-        if path.startswith("sglang/srt/arg_groups/") and path.endswith(".py") or path == "sglang/srt/server_args.py":
-            for node in ast.walk(ast.parse(wheel.read(path).decode())):
-                if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-                    names.add(node.target.id)
-    # Embedded-engine-only flags: the weight-folder restriction and the test knob that slows decoding.
-    ours_only = {"allowed_weight_dir", "debug_step_delay"}
-    flags = {a.dest for a in build_parser()._actions if a.option_strings and a.dest != "help"}
-    assert not sorted(flags - ours_only - names)
-    cfg = ExperimentConfig()
-    cfg.sglang.attention_backend, cfg.sglang.chunked_prefill_size = "fa3", 4096
-    cmd = build_sglang_command(cfg, model_path="m", host="127.0.0.1", port=1, seed=0, weight_version=3)
-    used = {a[2:].replace("-", "_") for a in cmd if a.startswith("--")}
-    assert not sorted(used - names)
