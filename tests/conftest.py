@@ -36,6 +36,27 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return build_tiny_model_dir(tmp_path_factory.mktemp("tiny_model") / "model")
 
 
+SERVER_ARGS = ["--context-length", "256", "--max-running-requests", "8", "--log-level", "warning"]
+
+
+@pytest.fixture(scope="session")
+def embedded_server(tiny_model_dir, tmp_path_factory):
+    """A shared embedded server (real HTTP) with a tokenizer; tests must leave its weights and pause state as found."""
+    from areal_lite.inference.local_server import start_local_server
+
+    log = tmp_path_factory.mktemp("server_logs") / "shared.log"
+    with start_local_server(tiny_model_dir, extra_args=SERVER_ARGS, log_path=log, startup_timeout=120) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def ref_model(tiny_model_dir):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+
+
 @pytest.fixture(scope="session")
 def gsm8k_dir() -> Path:
     """The MIT-licensed GSM8K jsonl files in ../shared (never committed here)."""

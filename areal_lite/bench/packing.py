@@ -32,7 +32,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from areal_lite.utils.distributed import run_and_exit
+from areal_lite.utils.distributed import init_trainer_dist, run_and_exit
 
 
 def build_batch(num_seqs: int, vocab: int, max_len: int, seed: int, group_size: int = 8):
@@ -108,10 +108,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = str(build_tiny_model_dir(f"{tmp}/model", spec))
         engines = {}
+        d = init_trainer_dist("cpu")
         for name, (packed, row_tokens) in layouts.items():
             e = FSDPEngine(EngineSpec(path=model_dir, lr=1e-6, max_tokens_per_mb=args.max_tokens_per_mb, packing=packed,
                                       max_row_tokens=row_tokens),
-                           device=torch.device("cpu"), total_optimizer_steps=args.repeats + 1)
+                           d, total_optimizer_steps=args.repeats + 1)
             e.initialize()
             engines[name] = e
         n_params = sum(p.numel() for p in engines["packed"].model.parameters())

@@ -27,7 +27,7 @@ from typing import Sequence
 
 import torch
 
-from areal_lite.utils.distributed import run_and_exit
+from areal_lite.utils.distributed import init_trainer_dist, run_and_exit
 
 SIZES = {
     # name: (hidden, layers, intermediate)
@@ -63,7 +63,7 @@ def bench_size(name: str, tmp: str, repeats: int) -> dict:
     model_dir = str(build_tiny_model_dir(os.path.join(tmp, name, "model"), spec))
     weights = os.path.join(tmp, name, "weights")
     os.makedirs(weights)
-    engine = FSDPEngine(EngineSpec(path=model_dir), device=torch.device("cpu"), total_optimizer_steps=1)
+    engine = FSDPEngine(EngineSpec(path=model_dir), init_trainer_dist("cpu"), total_optimizer_steps=1)
     engine.initialize(with_optimizer=False)
     n_bytes = sum(p.numel() * p.element_size() for p in engine.model.parameters())
     gb = n_bytes / 1e9
@@ -75,7 +75,7 @@ def bench_size(name: str, tmp: str, repeats: int) -> dict:
         syncs = {
             "disk": DiskWeightSync(admin, weights),
             "distributed": DistributedWeightSync(admin, master_address="127.0.0.1", master_port=free_port(),
-                                                 num_server_ranks=1, timeout_s=300),
+                                                 timeout_s=300),
         }
         syncs["distributed"].connect(engine)
         version = 0

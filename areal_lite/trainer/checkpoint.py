@@ -48,7 +48,7 @@ class RecoverCheckpointer:
 
     def save(self, engine, trainer_state: dict, step: int) -> str:
         """Collective over trainer ranks. `trainer_state` is used from rank 0 (msgpack-able)."""
-        rank = dist.get_rank()
+        rank, group = engine.rank, engine.dist.cpu_group
         name = f"step-{step:08d}"
         final = os.path.join(self.root, name)
         tmp = final + ".tmp"
@@ -56,10 +56,10 @@ class RecoverCheckpointer:
             if rank == 0:
                 shutil.rmtree(tmp, ignore_errors=True)
                 os.makedirs(tmp, exist_ok=True)
-            dist.barrier()
+            dist.barrier(group=group)
             # dcp.save gathers every rank's write error into a CheckpointException, raised on all ranks.
-            dcp.save(engine.sharded_state(), checkpoint_id=tmp)
-            dist.barrier()
+            dcp.save(engine.sharded_state(), checkpoint_id=tmp, process_group=group)
+            dist.barrier(group=group)
             if rank == 0:
                 _write_atomic(os.path.join(tmp, STATE_FILE), msgpack.packb(trainer_state, use_bin_type=True))
                 _fsync_dir(tmp)
@@ -76,13 +76,13 @@ class RecoverCheckpointer:
             free = shutil.disk_usage(self.root).free >> 20 if os.path.isdir(self.root) else 0
             raise CheckpointWriteError(f"cannot write recover checkpoint {name} under {self.root} ({free} MiB free; "
                                        f"is the disk full or the directory read-only?): {_cause(e)}; {kept}") from None
-        dist.barrier()
+        dist.barrier(group=group)
         return final
 
     def load(self, engine, path: str) -> dict:
         """Collective: restore the engine's shards; returns the trainer state (on every rank)."""
         state = engine.sharded_state()
-        dcp.load(state, checkpoint_id=path)
+        dcp.load(state, checkpoint_id=path, process_group=engine.dist.cpu_group)
         engine.load_sharded_state(state)
         with open(os.path.join(path, STATE_FILE), "rb") as fh:
             return msgpack.unpackb(fh.read(), raw=False, strict_map_key=False)

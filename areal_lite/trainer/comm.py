@@ -1,7 +1,8 @@
 """Moving a step's batch from rank 0 (which owns the controller) to every trainer rank.
 
 Bytes travel as a uint8 tensor broadcast (no `broadcast_object_list`, which pickles); the groups are
-encoded with the transport codec, the same msgpack + raw-array format they arrived in.
+encoded with the transport codec, the same msgpack + raw-array format they arrived in. Every
+collective here moves CPU tensors and so takes the trainer's gloo group (`TrainerDist.cpu_group`).
 """
 
 from __future__ import annotations
@@ -17,18 +18,26 @@ from areal_lite.transport import Codec, TrajectoryGroup, decode_group, encode_gr
 _CODEC = Codec("trainer-internal")
 
 
-def broadcast_bytes(payload: bytes | None, *, src: int = 0) -> bytes:
-    """`payload` from rank `src` on every rank (collective; other ranks pass None)."""
-    if dist.get_world_size() == 1:
+def broadcast_int(x: int, group: dist.ProcessGroup, *, src: int = 0) -> int:
+    """Rank `src`'s `x` on every rank of `group` (collective)."""
+    t = torch.tensor([x], dtype=torch.int64)
+    if dist.get_world_size(group) > 1:
+        dist.broadcast(t, src=src, group=group)
+    return int(t.item())
+
+
+def broadcast_bytes(payload: bytes | None, group: dist.ProcessGroup, *, src: int = 0) -> bytes:
+    """`payload` from rank `src` on every rank of `group` (collective; other ranks pass None)."""
+    if dist.get_world_size(group) == 1:
         assert payload is not None
         return payload
     size = torch.tensor([len(payload) if payload is not None else 0], dtype=torch.int64)
-    dist.broadcast(size, src=src)
+    dist.broadcast(size, src=src, group=group)
     buf = torch.empty(int(size.item()), dtype=torch.uint8)
-    if dist.get_rank() == src:
+    if dist.get_rank(group) == src:
         assert payload is not None
         buf.copy_(torch.frombuffer(bytearray(payload), dtype=torch.uint8))
-    dist.broadcast(buf, src=src)
+    dist.broadcast(buf, src=src, group=group)
     return buf.numpy().tobytes()
 
 
@@ -50,6 +59,7 @@ def _as_bytes(frame) -> bytes:
     return frame.tobytes() if hasattr(frame, "tobytes") else bytes(frame)
 
 
-def broadcast_groups(groups: Sequence[TrajectoryGroup] | None, *, src: int = 0) -> list[TrajectoryGroup] | None:
-    payload = encode_groups(groups) if dist.get_rank() == src else None
-    return decode_groups(broadcast_bytes(payload, src=src))
+def broadcast_groups(groups: Sequence[TrajectoryGroup] | None, group: dist.ProcessGroup, *,
+                     src: int = 0) -> list[TrajectoryGroup] | None:
+    payload = encode_groups(groups) if dist.get_rank(group) == src else None
+    return decode_groups(broadcast_bytes(payload, group, src=src))

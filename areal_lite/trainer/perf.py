@@ -7,6 +7,10 @@ import time
 import numpy as np
 
 
+SERVER_COUNTERS = ("busy_time_s", "paused_time_s", "prefill_time_s", "decode_time_s", "queue_time_s",
+                   "num_admitted", "uptime_s", "generated_tokens")
+
+
 def perf_metrics(engine, buffered, admin, t_start: float, t_data: float) -> dict[str, float]:
     """Where the time went (for areal_lite.bench): trainer phases, rollout latencies, server counters.
 
@@ -25,7 +29,9 @@ def perf_metrics(engine, buffered, admin, t_start: float, t_data: float) -> dict
         infos = admin.server_info()
     except Exception:  # a server restarting: skip this step's server counters
         return out
-    for key in ("busy_time_s", "paused_time_s", "prefill_time_s", "decode_time_s", "queue_time_s",
-                "num_admitted", "uptime_s", "generated_tokens"):
-        out[f"server/{key}"] = float(sum(float(i.get(key, 0.0)) for i in infos if isinstance(i, dict)))
+    infos = [i for i in infos if isinstance(i, dict)]
+    for key in SERVER_COUNTERS:
+        # The embedded engine's counters; SGLang has none of them, and a missing one is not a zero.
+        if infos and all(key in i for i in infos):
+            out[f"server/{key}"] = float(sum(float(i[key]) for i in infos))
     return out

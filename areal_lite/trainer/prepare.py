@@ -53,15 +53,16 @@ def run_sft_warm_start(cfg: ExperimentConfig, model_dir: str) -> list[float]:
     import torch.distributed as dist
 
     from areal_lite.data import load_tokenizer
-    from areal_lite.trainer.engine import EngineSpec, FSDPEngine, init_distributed
+    from areal_lite.trainer.engine import EngineSpec, FSDPEngine
     from areal_lite.trainer.sft import run_sft
+    from areal_lite.utils.distributed import init_trainer_dist
     from areal_lite.utils.net import free_port
 
     sft = cfg.prepare.sft
     for key, value in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(free_port())), ("RANK", "0"),
                        ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
         os.environ.setdefault(key, value)
-    init_distributed("cpu")
+    dist_ctx = init_trainer_dist("cpu")
     torch.manual_seed(cfg.seed)
     tokenizer = load_tokenizer(model_dir)
     examples = _sft_examples(cfg, tokenizer)
@@ -70,7 +71,7 @@ def run_sft_warm_start(cfg: ExperimentConfig, model_dir: str) -> list[float]:
     spec = EngineSpec(path=model_dir, lr=sft.lr, weight_decay=0.0, lr_scheduler_type="cosine",
                       warmup_steps_proportion=0.05, min_lr_ratio=0.1, gradient_clipping=1.0,
                       max_tokens_per_mb=max(4096, longest), temperature=1.0)
-    engine = FSDPEngine(spec, device=torch.device("cpu"), total_optimizer_steps=steps)
+    engine = FSDPEngine(spec, dist_ctx, total_optimizer_steps=steps)
     engine.initialize()
     t0 = time.time()
 
