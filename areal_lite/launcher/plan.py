@@ -134,7 +134,7 @@ def server_command(cfg: ExperimentConfig, *, host: str, port: int, seed: int, we
         return [cmd[0], "-c", SGLANG_WITH_ENV_KEY, *cmd[3:]] if multi_host(cfg) else cmd
     slow = ["--debug-step-delay", str(cfg.server.debug_step_delay_s)] if cfg.server.debug_step_delay_s > 0 else []
     return [
-        sys.executable, "-m", "areal_lite.inference.launch_server",
+        sys.executable, "-m", "areal_lite.inference.embedded.launch_server",
         "--model-path", path,
         "--host", host,
         "--port", str(port),

@@ -34,18 +34,18 @@ from areal_lite.data import load_prompt_records, load_tokenizer, prompt_token_id
 from areal_lite.inference.client import InferenceClient, SamplingParams, ServerAdmin
 from areal_lite.reward.math import math_reward
 from areal_lite.rollout.evaluate import aevaluate
-from areal_lite.rollout.reward import RewardPool
+from areal_lite.rollout.reward_pool import RewardPool
 from areal_lite.rollout.worker import WorkerSettings, run_worker
 from areal_lite.rollout.workflow import RLVRWorkflow, sampling_from_gconfig
 from areal_lite.trainer.actor import PPOActor
 from areal_lite.trainer.batch import batch_from_groups
-from areal_lite.trainer.checkpoint import RecoverCheckpointer
-from areal_lite.trainer.comm import broadcast_groups, broadcast_int
-from areal_lite.trainer.controller import RolloutController
+from areal_lite.run.checkpoint import RecoverCheckpointer
+from areal_lite.control.broadcast import broadcast_groups, broadcast_int
+from areal_lite.control.controller import RolloutController
 from areal_lite.trainer.engine import EngineSpec, FSDPEngine
-from areal_lite.trainer.perf import perf_metrics
-from areal_lite.trainer.stats import StatsLogger, Timer, batch_metrics
-from areal_lite.trainer.weight_sync import build_weight_sync
+from areal_lite.run.perf import perf_metrics
+from areal_lite.run.stats import StatsLogger, Timer, batch_metrics
+from areal_lite.run.weight_sync import build_weight_sync
 from areal_lite.transport import Codec
 from areal_lite.utils.distributed import init_trainer_dist, run_and_exit
 from areal_lite.utils.runenv import RunEnv

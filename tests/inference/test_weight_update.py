@@ -9,8 +9,8 @@ import httpx
 import pytest
 import torch
 
-from areal_lite.inference.local_server import free_port, start_local_server
-from areal_lite.models.tiny import TinyModelSpec, build_tiny_model_dir
+from areal_lite.inference.embedded.local_server import free_port, start_local_server
+from areal_lite.tiny.model import TinyModelSpec, build_tiny_model_dir
 from areal_lite.utils.distributed import destroy_custom_process_group, init_custom_process_group
 from tests.inference.helpers import greedy_loop
 

@@ -12,7 +12,7 @@ import zipfile
 
 import pytest
 
-from areal_lite.inference import protocol as P
+from areal_lite.inference.embedded import protocol as P
 from tests.interop.sglang_src import SGLANG_PIN, Unavailable, wheel_path
 
 # Our defaults that differ from SGLang's on purpose (SGLang's top_k default is a named constant, TOP_K_ALL).

@@ -11,7 +11,7 @@ import pytest
 
 from areal_lite.config import load_config
 from areal_lite.config.schema import resolved_mem_fraction, resolved_serving_dtype
-from areal_lite.inference.launch_server import build_parser
+from areal_lite.inference.embedded.launch_server import build_parser
 from areal_lite.launcher.plan import SGLANG_WITH_ENV_KEY, build_plan, server_command
 from tests.launcher.test_gpu_layouts import ENTRY, LAYOUTS, RECIPES
 

@@ -28,7 +28,7 @@ from tests.interop.conftest import REPO
 EMBEDDED_MEMBER = """
 import json, sys, torch
 from areal_lite.utils.distributed import destroy_custom_process_group, init_custom_process_group
-from areal_lite.inference.weights import receive_named_tensors
+from areal_lite.inference.embedded.weights import receive_named_tensors
 addr, port, rank, world, name = sys.argv[1:6]
 bucket = json.loads(sys.stdin.read())
 # Exactly what Engine.init_weights_update_group and update_weights_from_distributed do.

@@ -23,7 +23,7 @@ def checksum(engine) -> float:
 def main(root: str, model_dir: str, mode: str) -> int:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("CKPT_PORT", "29555"), RANK="0",
                       WORLD_SIZE="1", LOCAL_RANK="0")
-    from areal_lite.trainer.checkpoint import CheckpointWriteError, RecoverCheckpointer
+    from areal_lite.run.checkpoint import CheckpointWriteError, RecoverCheckpointer
     from areal_lite.trainer.engine import EngineSpec, FSDPEngine
     from areal_lite.utils.distributed import init_trainer_dist
 

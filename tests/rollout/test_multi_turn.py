@@ -15,7 +15,7 @@ import torch
 from areal_lite import algo
 from areal_lite.envs import TextEnv, make_env
 from areal_lite.inference.client import InferenceClient, SamplingParams, ServerAdmin, parse_version
-from areal_lite.inference.local_server import start_local_server
+from areal_lite.inference.embedded.local_server import start_local_server
 from areal_lite.rollout.multi_turn import FINISH_REASONS, EnvWorkflow, EpisodeTrajectory, seed_records
 
 pytestmark = pytest.mark.timeout(120)

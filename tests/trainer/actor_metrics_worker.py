@@ -20,7 +20,7 @@ from areal_lite.config.schema import ActorConfig, StatsLoggerConfig
 from areal_lite.trainer.actor import PPOActor
 from areal_lite.trainer.engine import EngineSpec, FSDPEngine
 from areal_lite.utils.distributed import init_trainer_dist
-from areal_lite.trainer.stats import StatsLogger, Timer, batch_metrics
+from areal_lite.run.stats import StatsLogger, Timer, batch_metrics
 from areal_lite.utils.distributed import run_and_exit
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

@@ -16,10 +16,10 @@ import torch
 
 from areal_lite.config.schema import ActorConfig
 from areal_lite.inference.client import ServerAdmin
-from areal_lite.inference.local_server import free_port, start_local_server
+from areal_lite.inference.embedded.local_server import free_port, start_local_server
 from areal_lite.trainer.actor import PPOActor
 from areal_lite.trainer.engine import EngineSpec, FSDPEngine
-from areal_lite.trainer.weight_sync import DistributedWeightSync
+from areal_lite.run.weight_sync import DistributedWeightSync
 from areal_lite.utils.distributed import init_trainer_dist, run_and_exit
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

@@ -23,11 +23,11 @@ from areal_lite.config.schema import ActorConfig
 from areal_lite.inference.client import ServerAdmin
 from areal_lite.trainer.actor import PPOActor
 from areal_lite.trainer.batch import SeqBatch
-from areal_lite.trainer.comm import broadcast_bytes
+from areal_lite.control.broadcast import broadcast_bytes
 from areal_lite.trainer.engine import EngineSpec, FSDPEngine
 from areal_lite.utils.distributed import init_trainer_dist
-from areal_lite.trainer.stats import Timer
-from areal_lite.trainer.weight_sync import DiskWeightSync, DistributedWeightSync
+from areal_lite.run.stats import Timer
+from areal_lite.run.weight_sync import DiskWeightSync, DistributedWeightSync
 from areal_lite.utils.distributed import run_and_exit
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

@@ -86,7 +86,7 @@ def start_local_server(
     log_path: str | os.PathLike | None = None,
     startup_timeout: float = 60.0,
 ) -> LocalServer:
-    """Start `python -m areal_lite.inference.launch_server` and wait for `/health`.
+    """Start `python -m areal_lite.inference.embedded.launch_server` and wait for `/health`.
 
     Without `log_path` the server's output goes to a temporary file (shown if startup fails).
     """
@@ -94,7 +94,7 @@ def start_local_server(
 
     port = port or free_port(host)
     cmd = [
-        sys.executable, "-m", "areal_lite.inference.launch_server",
+        sys.executable, "-m", "areal_lite.inference.embedded.launch_server",
         "--model-path", str(model_path), "--host", host, "--port", str(port), *extra_args,
     ]
     if log_path is None:

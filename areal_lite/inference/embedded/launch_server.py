@@ -1,6 +1,6 @@
 """Start the embedded inference server: SGLang's HTTP API over `engine.Engine`.
 
-    python -m areal_lite.inference.launch_server --model-path PATH [--host 127.0.0.1] [--port 30000] \
+    python -m areal_lite.inference.embedded.launch_server --model-path PATH [--host 127.0.0.1] [--port 30000] \
         [--skip-tokenizer-init] [--api-key K] [--context-length N] [--max-running-requests N] \
         [--dtype auto|float32|bfloat16|float16] [--random-seed S] [--tp-size 1] [--device cpu|cuda] \
         [--weight-version V] [--allowed-weight-dir DIR] [--debug-step-delay S] [--log-level info]
@@ -32,7 +32,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="areal_lite.inference.launch_server", description=__doc__.split("\n\n")[0])
+    p = _Parser(prog="areal_lite.inference.embedded.launch_server", description=__doc__.split("\n\n")[0])
     p.add_argument("--model-path", required=True, help="HF model directory (safetensors, or a config alone).")
     p.add_argument("--host", default="127.0.0.1", help="Interface to bind (default loopback).")
     p.add_argument("--port", type=int, default=30000)
@@ -91,8 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import uvicorn
 
-    from areal_lite.inference.engine import Engine, EngineConfig
-    from areal_lite.inference.server import build_app
+    from areal_lite.inference.embedded.engine import Engine, EngineConfig
+    from areal_lite.inference.embedded.server import build_app
 
     if args.device == "cuda":
         import torch

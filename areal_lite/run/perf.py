@@ -1,4 +1,4 @@
-"""Per-step timing metrics for the benchmarks (areal_lite.bench): where a step's and a rollout's time goes."""
+"""Per-step timing metrics for the benchmarks (benchmarks): where a step's and a rollout's time goes."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ SERVER_COUNTERS = ("busy_time_s", "paused_time_s", "prefill_time_s", "decode_tim
 
 
 def perf_metrics(engine, buffered, admin, t_start: float, t_data: float) -> dict[str, float]:
-    """Where the time went (for areal_lite.bench): trainer phases, rollout latencies, server counters.
+    """Where the time went (for benchmarks): trainer phases, rollout latencies, server counters.
 
     Cumulative counters (time/elapsed, time/fwd_bwd_total, server/*_s) let a reader take differences
     over any window of steps.

@@ -1,7 +1,7 @@
 """How step time grows with group size, answer length and the number of rollout workers.
 
-    python -m areal_lite.bench.scaling --out bench_out
-    python -m areal_lite.bench.scaling --out /tmp/x --quick --knobs workers   # harness check
+    python -m benchmarks.scaling --out bench_out
+    python -m benchmarks.scaling --out /tmp/x --quick --knobs workers   # harness check
 
 One knob at a time from the async-vs-sync workload (η = 1 here): the group size (answers per prompt),
 the answer length (fewer extra stop tokens → longer answers, the same 768-token cap) and the number
@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from areal_lite.bench.async_vs_sync import DEFAULT, QUICK
-from areal_lite.bench.runs import Workload, fmt, launch, machine, md_table, summarize
+from benchmarks.async_vs_sync import DEFAULT, QUICK
+from benchmarks.runs import Workload, fmt, launch, machine, md_table, summarize
 
 ETA = 1
 KNOBS = {
@@ -84,7 +84,7 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="areal_lite.bench.scaling", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="benchmarks.scaling", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="Directory for the runs, scaling.json and scaling.md.")
     p.add_argument("--quick", action="store_true", help="A seconds-long harness check.")
     p.add_argument("--steps", type=int, default=None, help="Training steps per run (default: as async_vs_sync).")

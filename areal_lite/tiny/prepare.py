@@ -1,4 +1,4 @@
-"""Model preparation before a run: `python -m areal_lite.trainer.prepare --config CFG.yaml`.
+"""Model preparation before a run: `python -m areal_lite.tiny.prepare --config CFG.yaml`.
 
 With `prepare.model: tiny`, builds a tiny Qwen2 model with the project's byte-level tokenizer at
 `actor.path` when that directory is missing, and, with `prepare.sft.enabled`, warm-starts it by SFT
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0  # another run built it while we waited
         tmp = f"{path}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
-        from areal_lite.models.tiny import TinyModelSpec, build_tiny_model_dir
+        from areal_lite.tiny.model import TinyModelSpec, build_tiny_model_dir
 
         t0 = time.time()
         build_tiny_model_dir(tmp, TinyModelSpec(**dataclasses.asdict(cfg.prepare.tiny)))

@@ -1,4 +1,4 @@
-"""Training curves of a run: `python -m areal_lite.plot RUN_DIR [--out PNG]`.
+"""Training curves of a run: `python -m areal_lite.tools.plot RUN_DIR [--out PNG]`.
 
 Reads `RUN_DIR/metrics.jsonl` (one JSON object per training step) and writes one PNG with four
 panels over training steps: reward (per step and a moving average), held-out accuracy
@@ -6,7 +6,7 @@ panels over training steps: reward (per step and a moving average), held-out acc
 mean policy-version lag of the trained tokens) and throughput (trained tokens per second).
 Default output: `RUN_DIR/curves.png`. Matplotlib runs headless (Agg); nothing is shown on screen.
 
-`python -m areal_lite.plot RUN_A RUN_B ... --out cmp.png --labels a,b,...` overlays several runs
+`python -m areal_lite.tools.plot RUN_A RUN_B ... --out cmp.png --labels a,b,...` overlays several runs
 (the ablation uses this).
 """
 
@@ -153,7 +153,7 @@ def plot_runs(runs: Sequence[tuple[str, Sequence[dict]]], out: str, title: str =
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m areal_lite.plot", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m areal_lite.tools.plot", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directory (or its metrics.jsonl)")
     parser.add_argument("--out", help="output PNG (default: RUN_DIR/curves.png)")
     parser.add_argument("--labels", help="comma-separated labels, one per run (default: directory names)")

@@ -1,7 +1,7 @@
 """Every benchmark in one command: one JSON and one markdown report.
 
-    python -m areal_lite.bench.suite --out bench_out            # the full suite (~20-30 min on 2 cores)
-    python -m areal_lite.bench.suite --out /tmp/x --quick       # a short harness check of everything
+    python -m benchmarks.suite --out bench_out            # the full suite (~20-30 min on 2 cores)
+    python -m benchmarks.suite --out /tmp/x --quick       # a short harness check of everything
 
 In order, back to back:
 1. async vs sync (`async_vs_sync`): η = 0, 1, 2, 4 through the real launcher;
@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from areal_lite.bench import async_vs_sync, breakdown, scaling
-from areal_lite.bench.runs import Workload, machine, md_table
+from benchmarks import async_vs_sync, breakdown, scaling
+from benchmarks.runs import Workload, machine, md_table
 
 
 @dataclass
@@ -90,17 +90,17 @@ def _generic(r: dict) -> str:
 
 
 COMPONENTS = [
-    Component("areal_lite.bench.engine_throughput", "embedded engine vs `model.generate`", [],
+    Component("benchmarks.engine_throughput", "embedded engine vs `model.generate`", [],
               ["--num-prompts", "4", "--hidden-size", "32", "--num-layers", "1", "--skip-one-by-one"], _engine,
               "Embedded engine vs `model.generate`"),
-    Component("areal_lite.bench.transport_throughput", "trajectory transport vs the raw ZeroMQ ceiling", [],
+    Component("benchmarks.transport_throughput", "trajectory transport vs the raw ZeroMQ ceiling", [],
               ["--sizes", "64K", "--rounds", "1", "--mb-per-trial", "4"], _transport, "Transport throughput"),
-    Component("areal_lite.bench.packing", "sequence packing vs padding", [],
+    Component("benchmarks.packing", "sequence packing vs padding", [],
               ["--num-seqs", "8", "--repeats", "1", "--hidden-size", "32", "--num-layers", "1", "--max-len", "128",
                "--max-tokens-per-mb", "512"], _packing, "Packing"),
-    Component("areal_lite.bench.logprob_memory", "chunked vs naive log-prob memory", [],
+    Component("benchmarks.logprob_memory", "chunked vs naive log-prob memory", [],
               ["--tokens", "64", "--vocab", "1000"], _logprob, "Chunked vs naive log-prob memory"),
-    Component("areal_lite.bench.weight_sync", "weight sync time per GB, each mode", [],
+    Component("benchmarks.weight_sync", "weight sync time per GB, each mode", [],
               ["--sizes", "tiny", "--repeats", "1"], _weight_sync, "Weight sync"),
 ]
 
@@ -150,7 +150,7 @@ def run_component(c: Component, out: Path, quick: bool, timeout: float) -> dict[
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="areal_lite.bench.suite", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="benchmarks.suite", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="Output directory (suite.json, suite.md, the runs).")
     p.add_argument("--quick", action="store_true", help="A short harness check of every benchmark.")
     p.add_argument("--repeats", type=int, default=1, help="Runs per η in async vs sync (alternating order).")
@@ -164,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    command = "python -m areal_lite.bench.suite " + shlex.join(sys.argv[1:] if argv is None else list(argv))
+    command = "python -m benchmarks.suite " + shlex.join(sys.argv[1:] if argv is None else list(argv))
     report: dict[str, Any] = {"command": command, "machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     t0 = time.monotonic()
     base = async_vs_sync.QUICK if args.quick else async_vs_sync.DEFAULT

@@ -1,6 +1,6 @@
 """Trajectory transport throughput against the raw ZeroMQ multipart ceiling, over tcp loopback.
 
-    python -m areal_lite.bench.transport_throughput [--out out.json] [--sizes 64K,4M] [--rounds 9] \
+    python -m benchmarks.transport_throughput [--out out.json] [--sizes 64K,4M] [--rounds 9] \
         [--mb-per-trial 256] [--hmac]
 
 A sender process streams trajectory groups to this process over tcp 127.0.0.1; throughput is
@@ -206,7 +206,7 @@ def human(n: int) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="areal_lite.bench.transport_throughput", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="benchmarks.transport_throughput", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=None, help="Write the results as JSON here.")
     p.add_argument("--sizes", default="64K,4M", help="Group sizes (token array bytes), comma separated.")
     p.add_argument("--rounds", type=int, default=9, help="Rounds (each path twice per size per round, ABBA).")

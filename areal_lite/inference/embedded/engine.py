@@ -31,8 +31,8 @@ from typing import Any, Callable
 
 import torch
 
-from areal_lite.inference.batcher import Batcher, GenerationOutput, SamplingSpec, Request
-from areal_lite.inference.weights import (
+from areal_lite.inference.embedded.batcher import Batcher, GenerationOutput, SamplingSpec, Request
+from areal_lite.inference.embedded.weights import (
     WeightLoadError,
     apply_named_tensors,
     read_state_dict,

@@ -1,6 +1,6 @@
 """Embedded engine throughput against plain `model.generate` on the same model and prompts.
 
-    python -m areal_lite.bench.engine_throughput [--json out.json] [--num-prompts 64] [--threads 1]
+    python -m benchmarks.engine_throughput [--json out.json] [--num-prompts 64] [--threads 1]
 
 Workload: a random Qwen2 model (hidden 256, 4 layers by default; built locally, nothing is
 downloaded), `--num-prompts` prompts of 16-64 tokens, each with its own output length drawn from
@@ -36,7 +36,7 @@ def build_workload(num_prompts: int, vocab: int, seed: int, min_out: int = 16, m
 
 
 def run_engine(model_dir: str, prompts, out_lens, *, max_running: int) -> dict:
-    from areal_lite.inference.engine import Engine, EngineConfig, SamplingSpec
+    from areal_lite.inference.embedded.engine import Engine, EngineConfig, SamplingSpec
 
     engine = Engine(
         EngineConfig(model_path=model_dir, skip_tokenizer_init=True, context_length=512, max_running_requests=max_running)
@@ -80,7 +80,7 @@ def run_http(model_dir: str, prompts, out_lens, *, max_running: int, threads: in
 
     import httpx
 
-    from areal_lite.inference.local_server import start_local_server
+    from areal_lite.inference.embedded.local_server import start_local_server
 
     args = ["--skip-tokenizer-init", "--context-length", "512", "--max-running-requests", str(max_running),
             "--log-level", "warning"]
@@ -133,7 +133,7 @@ def run_generate_padded(model, prompts, out_lens, pad_id: int) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="areal_lite.bench.engine_throughput", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="benchmarks.engine_throughput", description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", default=None, help="Write the results here.")
     parser.add_argument("--num-prompts", type=int, default=64)
     parser.add_argument("--hidden-size", type=int, default=256)
@@ -148,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from transformers import AutoModelForCausalLM
 
-    from areal_lite.models.tiny import TinyModelSpec, build_tiny_model_dir
+    from areal_lite.tiny.model import TinyModelSpec, build_tiny_model_dir
 
     spec = TinyModelSpec(
         hidden_size=args.hidden_size,

@@ -1,6 +1,6 @@
 """Trained tokens/s and padding waste of the PPO update with and without sequence packing.
 
-    python -m areal_lite.bench.packing [--json out.json] [--num-seqs 64] [--repeats 3] [--threads 1]
+    python -m benchmarks.packing [--json out.json] [--num-seqs 64] [--repeats 3] [--threads 1]
 
 Workload: one RL batch of `--num-seqs` sequences (groups of 8 sharing a prompt of 32-96 tokens) whose
 answer lengths are long-tailed (log-normal, median ~60 tokens, clipped to [8, max-len]), as RL answers
@@ -66,7 +66,7 @@ def build_batch(num_seqs: int, vocab: int, max_len: int, seed: int, group_size: 
 def _init_single_rank() -> None:
     import torch.distributed as dist
 
-    from areal_lite.inference.local_server import free_port
+    from areal_lite.inference.embedded.local_server import free_port
 
     if not dist.is_initialized():
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
@@ -75,7 +75,7 @@ def _init_single_rank() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="areal_lite.bench.packing", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="benchmarks.packing", description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", default=None, help="Write the results here.")
     parser.add_argument("--num-seqs", type=int, default=64)
     parser.add_argument("--max-len", type=int, default=512, help="Longest sequence (prompt + answer).")
@@ -95,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _init_single_rank()
 
     from areal_lite.config.schema import ActorConfig
-    from areal_lite.models.tiny import TinyModelSpec, build_tiny_model_dir
+    from areal_lite.tiny.model import TinyModelSpec, build_tiny_model_dir
     from areal_lite.trainer.actor import PPOActor
     from areal_lite.trainer.engine import EngineSpec, FSDPEngine
 

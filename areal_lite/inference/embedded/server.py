@@ -27,9 +27,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from areal_lite.inference import protocol as P
-from areal_lite.inference.engine import Engine, EngineError, GenerationOutput, SamplingSpec
-from areal_lite.inference.weights import WeightLoadError
+from areal_lite.inference.embedded import protocol as P
+from areal_lite.inference.embedded.engine import Engine, EngineError, GenerationOutput, SamplingSpec
+from areal_lite.inference.embedded.weights import WeightLoadError
 
 logger = logging.getLogger("areal_lite.server")
 

@@ -30,8 +30,8 @@ from typing import Any, Sequence
 import numpy as np
 import zmq
 
-from areal_lite.trainer.prompts import PromptSource
-from areal_lite.trainer.staleness import StalenessManager
+from areal_lite.control.prompts import PromptSource
+from areal_lite.control.staleness import StalenessManager
 from areal_lite.transport import Codec, PullReceiver, Publisher, RouterServer, TrajectoryGroup, decode_group, encode_group
 
 logger = logging.getLogger("areal_lite.controller")

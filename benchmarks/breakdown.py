@@ -1,8 +1,8 @@
 """Where the time of a training step and of a rollout goes, from a run's metrics.
 
-    python -m areal_lite.bench.breakdown --out bench_out                 # runs sync (η=0) and η=2
-    python -m areal_lite.bench.breakdown --out /tmp/x --from RUN_DIR...  # tables of finished runs
-    python -m areal_lite.bench.breakdown --out /tmp/x --quick            # seconds-long harness check
+    python -m benchmarks.breakdown --out bench_out                 # runs sync (η=0) and η=2
+    python -m benchmarks.breakdown --out /tmp/x --from RUN_DIR...  # tables of finished runs
+    python -m benchmarks.breakdown --out /tmp/x --quick            # seconds-long harness check
 
 Training step (trainer rank 0, seconds per step): waiting for data, proximal log-probs, advantages,
 forward/backward, optimizer (clip + step), weight sync (writing the weights; servers paused while
@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from areal_lite.bench.runs import Workload, fmt, launch, machine, md_table, summarize
+from benchmarks.runs import Workload, fmt, launch, machine, md_table, summarize
 
 TRAIN_PHASES = [
     ("wait for data", "phase_wait_data_s"),
@@ -110,7 +110,7 @@ def _load(run_dir: Path, warmup: int) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="areal_lite.bench.breakdown", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="benchmarks.breakdown", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="Directory for runs, breakdown.json and breakdown.md.")
     p.add_argument("--from", dest="runs", nargs="*", default=None, help="Finished run directories to tabulate.")
     p.add_argument("--quick", action="store_true", help="A seconds-long harness check.")
@@ -127,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"error: --from: {e}", file=sys.stderr)
                 return 2
     else:
-        from areal_lite.bench.async_vs_sync import DEFAULT, QUICK
+        from benchmarks.async_vs_sync import DEFAULT, QUICK
 
         base = QUICK if args.quick else DEFAULT
         warmup = 1 if args.quick else args.warmup

@@ -1,7 +1,7 @@
 """Asynchronous vs synchronous RL, side by side: same config, model, data, seed and machine.
 
-    python -m areal_lite.bench.async_vs_sync --out bench_out            # η = 0, 1, 2, 4; 12 steps each
-    python -m areal_lite.bench.async_vs_sync --out /tmp/x --quick       # seconds-long harness check
+    python -m benchmarks.async_vs_sync --out bench_out            # η = 0, 1, 2, 4; 12 steps each
+    python -m benchmarks.async_vs_sync --out /tmp/x --quick       # seconds-long harness check
 
 Each variant is a real run through the local launcher (server, rollout worker, controller, FSDP
 trainer, weight sync through disk); only `rollout.max_head_offpolicyness` (η) differs. The variants
@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from areal_lite.bench.runs import Workload, fmt, launch, machine, md_table, summarize
+from benchmarks.runs import Workload, fmt, launch, machine, md_table, summarize
 
 # The long-tail workload: 4 prompts × 2 answers per step; one extra stop token, so an answer ends
 # with probability ≈ 2/259 per token (mean ≈ 130 tokens, the longest of a batch ≈ 2.5-3× that,
@@ -219,7 +219,7 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="areal_lite.bench.async_vs_sync", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="benchmarks.async_vs_sync", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="Directory for the runs, async_vs_sync.json and .md.")
     p.add_argument("--quick", action="store_true", help="A seconds-long harness check (tiny model, 3 steps).")
     p.add_argument("--steps", type=int, default=None, help="Training steps per run.")
@@ -245,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     t0 = time.time()
     report = run(out, w, etas, args.repeats, warmup)
-    report["command"] = "python -m areal_lite.bench.async_vs_sync " + shlex.join(sys.argv[1:] if argv is None else argv)
+    report["command"] = "python -m benchmarks.async_vs_sync " + shlex.join(sys.argv[1:] if argv is None else argv)
     report["elapsed_s"] = time.time() - t0
     (out / "async_vs_sync.json").write_text(json.dumps(report, indent=2))
     md = markdown(report)

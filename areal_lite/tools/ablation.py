@@ -1,6 +1,6 @@
 """The six-way algorithm comparison in one command.
 
-    python -m areal_lite.ablation --config examples/math/gsm8k_drgrpo_cpu.yaml [--steps N] [--gpus 0,1,...]
+    python -m areal_lite.tools.ablation --config examples/math/gsm8k_drgrpo_cpu.yaml [--steps N] [--gpus 0,1,...]
                                   [--parallel K] [--out DIR] [--only NAME,...] [--dry-run] [key=value ...]
 
 Runs GRPO, Dr.GRPO and Dr.GRPO+ soft reweighting, each without filtering and with top-k group
@@ -89,7 +89,7 @@ def assign_gpus(runs: list[Variant], gpus: list[str], need: int) -> int:
 
 def summarize(run_dir: str) -> dict[str, float]:
     """Final reward (mean of the last 10% of steps), eval accuracy, answer length, soft weights."""
-    from areal_lite.plot import PlotError, read_metrics, series, summary
+    from areal_lite.tools.plot import PlotError, read_metrics, series, summary
 
     try:
         recs = read_metrics(run_dir)
@@ -141,14 +141,14 @@ def _launch(entry: str, config: str, overrides: list[str], gpus: list[str], log_
 
 def _prepare(config: str, overrides: list[str], log_path: str) -> None:
     with open(log_path, "w") as log:
-        rc = subprocess.call([sys.executable, "-m", "areal_lite.trainer.prepare", "--config", config, *overrides],
+        rc = subprocess.call([sys.executable, "-m", "areal_lite.tiny.prepare", "--config", config, *overrides],
                              stdout=log, stderr=subprocess.STDOUT)
     if rc != 0:
         raise RuntimeError(f"model preparation failed (exit {rc}); see {log_path}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m areal_lite.ablation", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m areal_lite.tools.ablation", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="base config (e.g. examples/math/gsm8k_drgrpo_cpu.yaml)")
     parser.add_argument("--entry", default=os.path.join("examples", "math", "gsm8k_drgrpo.py"), help="entry script")
     parser.add_argument("--steps", type=int, default=None, help="training steps per run (default: the config's)")
@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         json.dump(rows, fh, indent=1)
     done = [(r["name"], r["run_dir"]) for r in rows if r["summary"]]
     if done:
-        from areal_lite.plot import plot_runs, read_metrics
+        from areal_lite.tools.plot import plot_runs, read_metrics
 
         plot_runs([(n, read_metrics(d)) for n, d in done], os.path.join(out_dir, "ablation.png"),
                   title=f"ablation: {os.path.basename(args.config)}")

@@ -18,8 +18,8 @@ from typing import Any, Callable
 
 import torch
 
-from areal_lite.inference.kv_cache import SlotKVCache
-from areal_lite.inference.sampling import sample_next_tokens
+from areal_lite.inference.embedded.kv_cache import SlotKVCache
+from areal_lite.inference.embedded.sampling import sample_next_tokens
 
 GREEDY_EPS = 1e-6  # temperatures below this are greedy (SGLang's _SAMPLING_EPS)
 

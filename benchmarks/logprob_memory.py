@@ -1,8 +1,8 @@
 """Peak memory of chunked vs naive per-token log-probs + entropy at Qwen's vocabulary (151,936).
 
-    python -m areal_lite.bench.logprob_memory                       # 2,048 tokens, bf16 logits
-    python -m areal_lite.bench.logprob_memory --tokens 4096 --json logprob_memory.json
-    python -m areal_lite.bench.logprob_memory --tokens 64 --vocab 1000   # smoke size
+    python -m benchmarks.logprob_memory                       # 2,048 tokens, bf16 logits
+    python -m benchmarks.logprob_memory --tokens 4096 --json logprob_memory.json
+    python -m benchmarks.logprob_memory --tokens 64 --vocab 1000   # smoke size
 
 Each (path, pass) runs in a fresh subprocess so that allocator caches never carry over:
 - "train": logp and entropy with autograd, then backward of Σ w·logp + Σ entropy;
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results = []
     for variant in args.variants.split(","):
-        cmd = [sys.executable, "-m", "areal_lite.bench.logprob_memory", "--_worker", variant,
+        cmd = [sys.executable, "-m", "benchmarks.logprob_memory", "--_worker", variant,
                "--tokens", str(args.tokens), "--vocab", str(args.vocab), "--dtype", args.dtype,
                "--chunk-size", str(args.chunk_size), "--device", args.device]
         env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -1,6 +1,6 @@
 """Weight sync time per GB, disk vs distributed, from a real trainer engine to a real inference server.
 
-    python -m areal_lite.bench.weight_sync [--json out.json] [--sizes tiny,medium] [--repeats 3]
+    python -m benchmarks.weight_sync [--json out.json] [--sizes tiny,medium] [--repeats 3]
 
 For each model size (random Qwen2 models built locally): one embedded inference server (subprocess,
 HTTP) and an FSDP engine with one gloo rank in this process. The two modes alternate on the same
@@ -40,7 +40,7 @@ SIZES = {
 def _init_single_rank() -> None:
     import torch.distributed as dist
 
-    from areal_lite.inference.local_server import free_port
+    from areal_lite.inference.embedded.local_server import free_port
 
     if not dist.is_initialized():
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
@@ -52,10 +52,10 @@ def bench_size(name: str, tmp: str, repeats: int) -> dict:
     import httpx
 
     from areal_lite.inference.client import ServerAdmin
-    from areal_lite.inference.local_server import free_port, start_local_server
-    from areal_lite.models.tiny import TinyModelSpec, build_tiny_model_dir
+    from areal_lite.inference.embedded.local_server import free_port, start_local_server
+    from areal_lite.tiny.model import TinyModelSpec, build_tiny_model_dir
     from areal_lite.trainer.engine import EngineSpec, FSDPEngine
-    from areal_lite.trainer.weight_sync import DiskWeightSync, DistributedWeightSync
+    from areal_lite.run.weight_sync import DiskWeightSync, DistributedWeightSync
 
     hidden, layers, inter = SIZES[name]
     spec = TinyModelSpec(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
@@ -106,7 +106,7 @@ def bench_size(name: str, tmp: str, repeats: int) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="areal_lite.bench.weight_sync", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="benchmarks.weight_sync", description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", default=None, help="Write the results here.")
     parser.add_argument("--sizes", default="tiny,medium", help=f"Comma-separated, from {', '.join(SIZES)}.")
     parser.add_argument("--repeats", type=int, default=3)
