@@ -25,6 +25,8 @@ T = TypeVar("T")
 class ConfigError(Exception):
     """A user mistake in the configuration; its message is one line naming the key and the problem."""
 
+    exit_code = 2  # what the CLIs exit with; no restart can fix it (utils.distributed.run_and_exit)
+
 
 def parse_argv(argv: Sequence[str]) -> tuple[str | None, list[str], list[str]]:
     """Split argv into (config path, key=value overrides, other --flags)."""

@@ -102,6 +102,9 @@ def _check_experiment(cfg: ExperimentConfig) -> None:
                     pass
             raise ConfigError(f"allocation: {e} (cluster: {cfg.cluster.n_nodes} node(s) x "
                               f"{cfg.cluster.n_gpus_per_node} GPUs){hint}") from None
+        _require(not (al.colocate and cfg.actor.weight_update_mode == "distributed"), "actor.weight_update_mode",
+                 "distributed (NCCL) sync cannot run colocated: NCCL refuses two ranks of one group on one GPU "
+                 "(trainer rank and server); use weight_update_mode=disk")
     else:
         _require(not al.colocate, "allocation.colocate",
                  "colocation is for GPUs; on CPU every process already shares the machine (set it false)")

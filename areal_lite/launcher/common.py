@@ -9,10 +9,14 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from typing import Callable
+
+import psutil
 
 from areal_lite.config import ConfigError, ExperimentConfig, load_config, save_config
 from areal_lite.config.schema import resolved_trainer_world_size, run_dir
@@ -99,19 +103,69 @@ def write_run_config(cfg: ExperimentConfig) -> str:
     return path
 
 
-def run_prepare(cfg: ExperimentConfig, config_path: str, log_path: str, *, env: dict[str, str] | None = None) -> None:
-    """Build the tiny model (and its SFT warm start) at actor.path when the config asks and it is missing."""
+class Stopped(Exception):
+    """A stop signal (SIGINT, SIGTERM, SIGHUP) arrived."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def kill_process_tree(pid: int, sig: int) -> None:
+    """Signal `pid` and every descendant, wherever their sessions are (torchrun puts each rank in a
+    session of its own, so a process-group kill misses them)."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for p in procs:
+        try:
+            p.send_signal(sig)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    try:  # its process group too: a child may have outlived its parent and left the tree
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (exited, not yet reaped by the batch shell) is gone too
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def run_prepare(cfg: ExperimentConfig, config_path: str, log_path: str, *, env: dict[str, str] | None = None,
+                stop: Callable[[], int | None] = lambda: None) -> None:
+    """Build the tiny model (and its SFT warm start) at actor.path when the config asks and it is missing.
+
+    `stop()` returning a signal number (one arrived) stops the preparation within a fraction of a
+    second: its process tree is killed and Stopped is raised.
+    """
     if cfg.prepare.model == "none" or os.path.isfile(os.path.join(cfg.actor.path, "config.json")):
         return
     t0 = time.time()
     print(f"[launcher] preparing the model at {cfg.actor.path} (log: {log_path})", flush=True)
     with open(log_path, "ab") as log:
-        rc = subprocess.call(
+        proc = subprocess.Popen(
             [sys.executable, "-m", "areal_lite.tiny.prepare", "--config", config_path],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
+            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True,
         )
+        while (rc := proc.poll()) is None:
+            if (signum := stop()) is not None:
+                kill_process_tree(proc.pid, signal.SIGKILL)
+                proc.wait()
+                raise Stopped(signum)
+            time.sleep(0.2)
     if rc != 0:
         raise RuntimeError(f"model preparation failed (exit {rc}); see {log_path}:\n{tail(log_path)}")
     print(f"[launcher] model ready in {time.time() - t0:.0f}s", flush=True)
