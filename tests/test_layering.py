@@ -9,19 +9,21 @@ PKG = Path(__file__).resolve().parents[1] / "areal_lite"
 
 # layer -> areal_lite layers it may import (itself always allowed)
 ALLOWED = {
-    "algo": set(),
+    "options": set(),  # the algorithms' option names: a leaf both algo and config read (one home)
+    "algo": {"options"},
     "utils": set(),
-    "config": set(),
+    # envs and data only for checking names and options before launch (imported inside functions).
+    "config": {"options", "data", "envs"},
     "transport": {"utils"},
     "models": {"utils"},
     "data": {"utils"},
     "reward": {"utils"},
     "envs": set(),  # text environments: gymnasium and numpy only
-    "inference": {"utils", "algo", "config"},
+    "inference": {"utils", "algo", "options", "config"},
     "rollout": {"utils", "transport", "inference", "reward", "data", "envs"},
-    "trainer": {"utils", "algo", "transport", "inference", "config", "data", "models"},
+    "trainer": {"utils", "algo", "options", "transport", "inference", "config", "data", "models"},
     "launcher": {"utils", "config", "inference", "models"},
-    "bench": {"utils", "algo", "transport", "inference", "rollout", "trainer", "config", "models", "data", "reward",
+    "bench": {"utils", "algo", "options", "transport", "inference", "rollout", "trainer", "config", "models", "data", "reward",
               "envs"},
 }
 # rollout and trainer meet only through transport messages; trainer may use the inference client only.
@@ -125,4 +127,11 @@ def test_no_module_level_import_cycles():
 def test_algo_imports_nothing_else_from_areal_lite():
     for module, path in _modules():
         if _layer(module) == "algo":
-            assert all(_layer(t) == "algo" for t in _imports(path)), module
+            assert all(_layer(t) in ("algo", "options") for t in _imports(path)), module
+
+
+def test_option_names_module_is_a_leaf():
+    path = PKG / "options.py"
+    tree = ast.parse(path.read_text())
+    imported = [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
+    assert all(isinstance(n, ast.ImportFrom) and n.module == "__future__" for n in imported), "options.py imports"
