@@ -185,8 +185,11 @@ def _split_groups(parsed: list, config_path: str | None, cls: type) -> tuple[lis
             group_names = {k for k in unknown if loader.get_group_options(k)}
     is_group_override = [o.package is not None or "/" in o.key_or_group or o.key_or_group in group_names
                          for o in parsed]
-    return ([o for o, g in zip(parsed, is_group_override) if g],
-            [o for o, g in zip(parsed, is_group_override) if not g])
+    groups = [o for o, g in zip(parsed, is_group_override) if g]
+    # A later choice of the same group replaces an earlier one (Hydra would refuse two `+group=`).
+    last = {(o.key_or_group, o.package): i for i, o in enumerate(groups) if not o.is_delete()}
+    groups = [o for i, o in enumerate(groups) if o.is_delete() or last[(o.key_or_group, o.package)] == i]
+    return groups, [o for o, g in zip(parsed, is_group_override) if not g]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,9 +251,10 @@ def _group_error(e: Exception, config_path: str | None) -> str:
         listing = text.split("Available options in", 1)[1].split("Config search path", 1)[0]
         options = [line.strip() for line in listing.splitlines()[1:] if line.strip()]
         return f"{group}: no config {name!r} in group {group!r} (choices: {', '.join(options)}){where}"
-    if "Could not find" in text:
-        missing = text.split("Could not find '", 1)[1].split("'", 1)[0]
-        return f"defaults: config {missing!r} not found beside the config file{where}"
+    for marker in ("Could not find '", "Could not load '"):
+        if marker in text:
+            missing = text.split(marker, 1)[1].split("'", 1)[0]
+            return f"defaults: config {missing!r} not found beside the config file{where}"
     return f"config composition: {_hydra_reason(e)}{where}"
 
 
