@@ -152,9 +152,13 @@ def generate_arith_records(
     return records
 
 
+def arith_option_defaults() -> dict:
+    """The options `synthetic:arith` takes and their defaults: `num_records` (train), `seed`, every `ArithSpec` field."""
+    return {"num_records": 2000, "seed": 0, **{f.name: f.default for f in fields(ArithSpec)}}
+
+
 def arith_option_names() -> list[str]:
-    """The options `synthetic:arith` takes: `num_records`, `seed` and every `ArithSpec` field."""
-    return ["num_records", "seed", *(f.name for f in fields(ArithSpec))]
+    return list(arith_option_defaults())
 
 
 def arith_num_records(options: dict, split: str) -> int:
@@ -170,9 +174,9 @@ def arith_spec_from_options(options: dict) -> ArithSpec:
     spec_keys = {f.name for f in fields(ArithSpec)}
     try:
         spec = ArithSpec(**{k: v for k, v in options.items() if k in spec_keys})
-    except TypeError as e:
+        spec.check()
+    except TypeError as e:  # a value of the wrong type (e.g. max_steps: four)
         raise DatasetError(f"synthetic:arith: {e}") from None
-    spec.check()
     return spec
 
 

@@ -10,12 +10,13 @@ import difflib
 import os
 from typing import Any
 
-from areal_lite.data.arith import arith_num_records, arith_option_names, arith_spec_from_options
+from areal_lite.data.arith import arith_num_records, arith_option_defaults, arith_spec_from_options
 from areal_lite.data.records import DATA_SUFFIXES, DatasetError, split_files
 
 SYNTHETIC_PREFIX = "synthetic:"
-# name -> (option names, checked record count for (options, split)); `loader.SYNTHETIC` builds the records.
-SYNTHETIC_CHECKS = {"synthetic:arith": (arith_option_names, arith_spec_from_options, arith_num_records)}
+# name -> (options and defaults, a check of the options, the record count for (options, split));
+# `loader.SYNTHETIC` builds the records.
+SYNTHETIC_CHECKS = {"synthetic:arith": (arith_option_defaults, arith_spec_from_options, arith_num_records)}
 
 
 def _error(field: str, message: str) -> DatasetError:
@@ -34,19 +35,30 @@ def check_synthetic(path: str, options: dict[str, Any], split: str) -> int:
     if path not in SYNTHETIC_CHECKS:
         known = list(SYNTHETIC_CHECKS)
         raise _error("path", f"unknown synthetic dataset {path!r}{_hint(path, known)}; known: {', '.join(known)}")
-    names, check, count = SYNTHETIC_CHECKS[path]
-    for key in options:
-        if key not in names():
-            raise _error(f"synthetic.{key}", f"{path} has no option {key!r}{_hint(key, names())}; "
-                                              f"its options: {', '.join(names())}")
+    defaults_fn, check, count = SYNTHETIC_CHECKS[path]
+    defaults = defaults_fn()
+    for key, value in options.items():
+        if key not in defaults:
+            raise _error(f"synthetic.{key}", f"{path} has no option {key!r}{_hint(key, list(defaults))}; "
+                                              f"its options: {', '.join(defaults)}")
+        if not _same_kind(value, defaults[key]):
+            raise _error(f"synthetic.{key}", f"expected {type(defaults[key]).__name__}, got {value!r}")
     try:
         check(options)
         n = count(options, split)
-    except (TypeError, ValueError) as e:
-        raise _error("synthetic", str(e).replace(f"{path.split(':')[1]}: ", "", 1)) from None
+    except ValueError as e:
+        raise _error("synthetic", str(e).split(": ", 1)[-1]) from None
     if n < 1:
         raise _error("synthetic.num_records", f"must be >= 1, got {n}")
     return n
+
+
+def _same_kind(value: Any, default: Any) -> bool:
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    return isinstance(value, type(default))
 
 
 def check_local_dataset(path: str, split: str) -> int | None:

@@ -169,7 +169,10 @@ BAD = [
     ("tiny positions", ["prepare.model=tiny", "prepare.tiny.max_position_embeddings=50"],
      "prepare.tiny.max_position_embeddings: 50 is shorter than a prompt and its answer (96 tokens)"),
     ("prompt template", ["train_dataset.prompt_template=question"], "train_dataset.prompt_template: prompt template"),
-    ("synthetic option value", [SYNTH, "train_dataset.synthetic.max_start=99"], "train_dataset.synthetic: "),
+    ("synthetic option value", [SYNTH, "train_dataset.synthetic.max_start=99"],
+     "train_dataset.synthetic: need 1 <= max_start <= max_value"),
+    ("synthetic option type", [SYNTH, "train_dataset.synthetic.max_steps=four"],
+     "train_dataset.synthetic.max_steps: expected int, got 'four'"),
     ("env name typo", ["env.name=frozenlak"], "env.name: unknown environment 'frozenlak' (did you mean frozenlake?)"),
     ("env option typo", ["env.name=frozenlake", "env.options.sizee=4"], "env.options: env 'frozenlake' has no option "
      "'sizee' (did you mean 'size'?)"),
