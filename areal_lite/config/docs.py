@@ -50,14 +50,17 @@ SWEEPS = """
 
 A launch is one run: a sweep value (`key=a,b`, `range(...)`, `choice(...)`) is refused with one
 line, and there is no Hydra `--multirun`. A run is a set of supervised processes that owns its
-devices and its run directory (`{experiment_name}/{trial_name}`); Hydra's multirun launchers start
+devices and its run directory (`{experiment_name}/{trial_name}`); Hydra's multirun launchers call
 an application function per job and would bypass the launchers' supervision, restarts and device
-placement. Run variants one after another (or side by side on disjoint GPUs) with the ablation
-harness, `python -m areal_lite.ablation --config ... [key=value ...]`, or with a shell loop that
-gives each run its own `trial_name`:
+placement. Run the values one after another, each under its own `trial_name`:
 
-    for lr in 1e-6 3e-6; do python -m areal_lite.launcher.local ENTRY.py --config X.yaml \\
-        actor.optimizer.lr=$lr trial_name=lr$lr; done
+    for lr in 1e-4 3e-4; do
+      python -m areal_lite.launcher.local examples/math/gsm8k_drgrpo.py \\
+        --config examples/math/gsm8k_drgrpo_cpu.yaml actor.optimizer.lr=$lr trial_name=lr$lr
+    done
+
+The algorithm comparison is such a sweep, built in: `python -m areal_lite.ablation --config ...`
+runs its six variants one after another on CPU or side by side on disjoint GPUs.
 """
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import MISSING, fields
 
 from areal_lite.config.errors import ConfigError
@@ -49,5 +50,8 @@ def help_text(cls: type = ExperimentConfig, group: str | None = None) -> str:
         if (key == group or key.startswith(group + ".")) and group_class(f, owner) is None:
             lines.append(f"  {key} ({type_name(f)}, default {default_text(f).strip('`')}): {description(f)}")
     if not lines:
-        raise ConfigError(f"no config section {group!r}{suggest(group, cls)}")
+        sections = [k for k, f, owner in iter_fields(cls) if group_class(f, owner) is not None]
+        close = difflib.get_close_matches(group, sections, n=3, cutoff=0.6)
+        hint = f" (did you mean {' or '.join(close)}?)" if close else suggest(group, cls)
+        raise ConfigError(f"no config section {group!r}{hint}")
     return "\n".join(lines)
