@@ -198,7 +198,10 @@ def _split_groups(parsed: list, config_path: str | None, cls: type) -> tuple[lis
 
 
 class _hydra:
-    """Hydra initialised with the --config file's folder (for its groups) and our presets; yields the config loader."""
+    """Hydra initialised with the --config file's folder (for its groups) and our presets; yields the config loader.
+
+    A Hydra app that loads an areal_lite config gets its own Hydra state back afterwards.
+    """
 
     def __init__(self, config_path: str | None):
         self.config_dir = os.path.dirname(os.path.abspath(config_path)) if config_path else None
@@ -206,8 +209,11 @@ class _hydra:
     def __enter__(self):
         from hydra import initialize, initialize_config_dir
         from hydra.core.global_hydra import GlobalHydra
+        from hydra.initialize import get_gh_backup
 
         register_presets()
+        self.outer = get_gh_backup()
+        GlobalHydra.instance().clear()
         if self.config_dir is None:
             self.ctx = initialize(config_path=None, version_base=None, job_name="areal_lite")
         else:
@@ -216,7 +222,10 @@ class _hydra:
         return GlobalHydra.instance().config_loader()
 
     def __exit__(self, *exc):
+        from hydra.initialize import restore_gh_from_backup
+
         self.ctx.__exit__(*exc)
+        restore_gh_from_backup(self.outer)
         return False
 
 

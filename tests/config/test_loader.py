@@ -119,3 +119,15 @@ def test_readme_error_lines_are_what_users_see(override):
     with pytest.raises(ConfigError) as e:
         load_config(["--config", CPU_CFG, override])
     assert f"\nerror: {e.value}\n" in readme
+
+
+def test_loading_inside_a_hydra_app_leaves_its_state(tmp_path):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    (tmp_path / "app.yaml").write_text("x: 1\n")
+    with initialize_config_dir(config_dir=str(tmp_path), version_base=None):
+        cfg = load_config(["--config", CPU_CFG, "algo=dapo"])
+        assert cfg.rollout.dynamic_filter == "drop_all_equal"
+        assert compose(config_name="app").x == 1  # the app's Hydra still sees its own config folder
+    assert not GlobalHydra.instance().is_initialized()
