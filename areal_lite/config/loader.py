@@ -142,6 +142,8 @@ def _split(argv: Sequence[str]) -> Args:
 
 
 def _parse_overrides(overrides: list[str]) -> list:
+    if not overrides:
+        return []
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
@@ -231,14 +233,14 @@ class _hydra:
 
 def _compose(config_path: str | None, groups: list) -> DictConfig:
     """The YAML file with its defaults list and the command line's group choices, as one raw config."""
+    primary = _load_yaml(config_path) if config_path else OmegaConf.create({})
+    if not groups and "defaults" not in primary and "hydra" not in primary:
+        return primary  # a file without a defaults list composes to itself
     from hydra import compose
     from hydra.core.config_store import ConfigStore
     from hydra.core.override_parser.types import OverrideType
     from hydra.errors import HydraException
 
-    primary = _load_yaml(config_path) if config_path else OmegaConf.create({})
-    if not groups and "defaults" not in primary and "hydra" not in primary:
-        return primary  # a file without a defaults list composes to itself
     ConfigStore.instance().store(name=PRIMARY, node=primary)
     with _hydra(config_path):
         try:
@@ -247,7 +249,7 @@ def _compose(config_path: str | None, groups: list) -> DictConfig:
             lines = [f"+{o.input_line}" if o.type == OverrideType.CHANGE and o.key_or_group not in chosen
                      else o.input_line for o in groups]
             return compose(config_name=PRIMARY, overrides=lines)
-        except HydraException as e:
+        except (HydraException, oc_errors.OmegaConfBaseException) as e:
             raise ConfigError(_group_error(e, config_path)) from None
 
 
