@@ -7,8 +7,6 @@ the machine) exit with status 2 and one line, before any process starts.
 from __future__ import annotations
 
 import os
-import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,10 +16,8 @@ from typing import Callable
 
 import psutil
 
-from areal_lite.config import ConfigError, ExperimentConfig, load_config, save_config
-from areal_lite.config.schema import resolved_trainer_world_size, run_dir
-
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+from areal_lite.config import ConfigError, ExperimentConfig, load_config, preflight, save_config
+from areal_lite.config.schema import run_dir
 
 
 @dataclass
@@ -48,46 +44,6 @@ def parse_launch_args(argv: list[str], prog: str) -> LaunchArgs:
         raise ConfigError(f"entry script not found: {entry}")
     cfg = load_config(rest, allow_flags=("--dry-run",))
     return LaunchArgs(os.path.abspath(entry), cfg, "--dry-run" in rest, rest)
-
-
-def looks_local(path: str) -> bool:
-    return path.startswith(("/", "./", "../", "~")) or os.path.exists(path) or not HUB_ID.match(path)
-
-
-def preflight(cfg: ExperimentConfig, *, check_devices: bool = True) -> None:
-    """Machine-level checks; ConfigError names the key and the problem."""
-    actor = cfg.actor.path
-    if cfg.prepare.model == "none" and looks_local(actor):
-        if not os.path.isdir(os.path.expanduser(actor)):
-            raise ConfigError(f"actor.path: model directory not found: {actor}")
-        if not os.path.isfile(os.path.join(os.path.expanduser(actor), "config.json")):
-            raise ConfigError(f"actor.path: {actor} has no config.json (not a transformers model directory)")
-    for key, ds in (("train_dataset", cfg.train_dataset), ("valid_dataset", cfg.valid_dataset)):
-        path = ds.path
-        if not path or path.startswith("synthetic:"):
-            continue
-        if looks_local(path) and not os.path.exists(os.path.expanduser(path)):
-            raise ConfigError(f"{key}.path: dataset not found: {path}")
-    if check_devices and cfg.allocation.device == "cuda":
-        have = _visible_gpus()
-        need = cfg.allocation.inference.num_servers * (
-            cfg.allocation.inference.tp_size if cfg.allocation.inference.backend == "sglang" else 1
-        ) + resolved_trainer_world_size(cfg)
-        if cfg.cluster.n_nodes == 1 and have < need:
-            raise ConfigError(f"allocation: needs {need} GPUs on this machine but {have} are visible")
-    if cfg.allocation.inference.backend == "sglang" and check_devices and shutil.which("nvidia-smi") is None:
-        raise ConfigError("allocation.inference.backend: sglang needs NVIDIA GPUs (nvidia-smi not found)")
-
-
-def _visible_gpus() -> int:
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env is not None:
-        return len([d for d in env.split(",") if d.strip()])
-    try:
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20)
-        return sum(line.startswith("GPU ") for line in out.stdout.splitlines())
-    except (OSError, subprocess.SubprocessError):
-        return 0
 
 
 def write_run_config(cfg: ExperimentConfig) -> str:
@@ -195,5 +151,5 @@ def tail(path: str, n: int = 20) -> str:
 
 def load_for_launcher(argv: list[str], prog: str) -> LaunchArgs:
     args = parse_launch_args(argv, prog)
-    preflight(args.cfg, check_devices=not args.dry_run)
+    preflight(args.cfg, check_devices=not args.dry_run, local=True)  # areal_lite/config/preflight.py
     return args

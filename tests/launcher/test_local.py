@@ -18,7 +18,7 @@ LOCAL = "areal_lite.launcher.local"
 
 @pytest.mark.timeout(600)
 def test_killed_server_is_restarted_and_the_run_finishes(tmp_path, tiny_model_dir):
-    cfg = write_config(tmp_path, tiny_model_dir, {"recover": {"mode": "auto", "retries": 2}})
+    cfg = write_config(tmp_path, tiny_model_dir, {"recover": {"mode": "auto", "retries": 2, "freq_steps": 2}})
     launch = Launch(LOCAL, cfg, "total_train_steps=4")
     rdir = run_dir(tmp_path)
     launch.wait_for_step(rdir, 0)
