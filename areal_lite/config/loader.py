@@ -44,8 +44,6 @@ class Args:
     flags: list[str] = field(default_factory=list)
     print_config: bool = False
 
-    exit_code = 2  # what the CLIs exit with; no restart can fix it (utils.distributed.run_and_exit)
-
 
 def parse_argv(argv: Sequence[str]) -> tuple[str | None, list[str], list[str]]:
     """Split argv into (config path, overrides, other --flags); `--cfg job` comes back as the flag `--cfg=job`."""
