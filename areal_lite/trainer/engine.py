@@ -29,7 +29,7 @@ from areal_lite.trainer.batch import MicroBatch, SeqBatch, build_microbatch, chu
 from areal_lite.utils.distributed import TrainerDist
 from areal_lite.utils.hf import save_hf_dir, torch_dtype
 
-logger = logging.getLogger("areal_lite.engine")
+logger = logging.getLogger("areal_lite.trainer.engine")
 
 LossFn = Callable[[torch.Tensor, torch.Tensor | None, MicroBatch], tuple[torch.Tensor, dict[str, float]]]
 
