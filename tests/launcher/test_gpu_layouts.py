@@ -1,5 +1,5 @@
-"""Every GPU recipe planned on one GPU (colocated), one 8-GPU node and two 8-GPU nodes, by the local and
-Ray launchers' `--dry-run` (nothing starts, no GPU needed): every trainer rank has a GPU of its own (or,
+"""Every GPU recipe planned on one GPU (colocated), one 8-GPU node and two 8-GPU nodes, by the local, Ray
+and Slurm launchers' `--dry-run` (nothing starts, no GPU needed): every trainer rank has a GPU of its own (or,
 colocated, exactly the server's), servers never share a GPU, and with distributed weight sync every
 server rank holds a distinct rank of the weight-update group, 1 .. world-1. Impossible allocations exit 2
 with one line (tests/launcher/test_dry_run.py)."""
@@ -56,7 +56,7 @@ def plan_of(module: str, recipe: str, layout: str, tmp_path) -> dict[str, dict]:
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 @pytest.mark.parametrize("recipe", RECIPES)
-@pytest.mark.parametrize("module", ["areal_lite.launcher.local", "areal_lite.launcher.ray"])
+@pytest.mark.parametrize("module", ["areal_lite.launcher.local", "areal_lite.launcher.ray", "areal_lite.launcher.slurm"])
 def test_recipe_placement(module, recipe, layout, tmp_path, monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     if module.endswith("local") and layout == "2x8":
