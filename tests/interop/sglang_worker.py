@@ -103,10 +103,13 @@ def group_member(args: list[str], bucket: dict) -> dict:
     weights = receive(updater, names=bucket["names"], dtypes=bucket["dtypes"], shapes=bucket["shapes"],
                       group_name=group_name)
     group = updater._model_update_group[group_name]
+    # Leave together: a member tearing down while a peer's gloo pair still waits on it aborts the peer.
+    torch.distributed.barrier(group=group)
     result = {"ok": True, "rank": group.rank(),
               "sums": {n: float(t.double().sum()) for n, t in weights},
               "dtypes": {n: str(t.dtype).removeprefix("torch.") for n, t in weights}}
     torch.distributed.destroy_process_group(group)
+    torch.distributed.barrier()
     torch.distributed.destroy_process_group()
     return result
 

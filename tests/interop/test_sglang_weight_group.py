@@ -37,6 +37,7 @@ pg = init_custom_process_group(backend="gloo", master_address=addr, master_port=
 got = receive_named_tensors(bucket["names"], bucket["dtypes"], bucket["shapes"], pg, device=torch.device("cpu"))
 print(json.dumps({"ok": True, "rank": int(rank), "sums": {n: float(t.double().sum()) for n, t in got},
                   "dtypes": {n: str(t.dtype).removeprefix("torch.") for n, t in got}}), flush=True)
+torch.distributed.barrier(group=pg)  # leave together (see the test)
 destroy_custom_process_group(pg)
 """
 
@@ -72,6 +73,9 @@ def test_trainer_and_sglang_tp_servers_form_one_group_and_a_broadcast_arrives(sg
                                           world_size=world, group_name=name, timeout_s=60)
         for t in tensors.values():
             dist.broadcast(t.contiguous(), src=0, group=group)
+        # Every rank leaves after one barrier: a gloo member torn down while a peer still waits on it
+        # aborts that peer ("terminate called without an active exception").
+        dist.barrier(group=group)
         results = []
         for p in procs:
             p.wait(timeout=120)

@@ -107,7 +107,7 @@ def test_an_error_no_restart_can_fix_is_not_retried(tmp_path, tiny_model_dir):
     with recovery on: restarting into the same error would only repeat it `retries` times."""
     entry = tmp_path / "user_error.py"
     entry.write_text(USER_ERROR)
-    cfg = write_config(tmp_path, tiny_model_dir, {"recover": {"mode": "auto", "retries": 3}})
+    cfg = write_config(tmp_path, tiny_model_dir, {"recover": {"mode": "auto", "retries": 3, "freq_steps": 1}})
     launch = Launch(LOCAL, cfg, entry=entry)
     rc = launch.wait(120)
     out = launch.output

@@ -278,7 +278,7 @@ def test_killed_server_is_restarted_inside_the_job(tmp_path, tiny_model_dir, slu
     rdir = run_dir(tmp_path)
     proc = subprocess.Popen(
         [sys.executable, "-m", "areal_lite.launcher.slurm", str(ENTRY), "--config", str(cfg), "total_train_steps=4",
-         "recover.mode=auto", "recover.retries=2"],
+         "recover.mode=auto", "recover.freq_steps=1", "recover.retries=2"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=slurm_env,
     )
     try:
