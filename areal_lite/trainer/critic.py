@@ -44,7 +44,10 @@ class CriticEngine(FSDPEngine):
         from transformers import AutoConfig, AutoModelForTokenClassification
 
         s = self.spec
-        config = AutoConfig.from_pretrained(s.path, num_labels=1, classifier_dropout=0.0)
+        config = AutoConfig.from_pretrained(s.path, num_labels=1)
+        # NOTE: set after loading: transformers drops a `classifier_dropout` keyword the architecture's
+        # config does not declare, and its default (0.1) would make every training pass random.
+        config.classifier_dropout = 0.0
         model = AutoModelForTokenClassification.from_pretrained(s.path, config=config, dtype=torch_dtype(s.dtype),
                                                                 attn_implementation="sdpa")
         model.config.use_cache = False
