@@ -89,8 +89,8 @@ BAD = [
     ("unquoted character", ["trial_name=a!"], "cannot parse override 'trial_name=a!'"),
     ("delete unknown key", ["~actor.lrr"], "unknown config key 'actor.lrr'"),
     ("delete with wrong value", ["~actor.eps_clip=0.3"], "~actor.eps_clip=0.3: actor.eps_clip is 0.2, not 0.3"),
-    ("unknown preset", ["algo=nope"], "algo: no config 'nope' in group 'algo' (choices: dapo, drgrpo, drgrpo_soft, "
-     "grpo)"),
+    ("unknown preset", ["algo=nope"], "algo: no config 'nope' in group 'algo' (choices: cispo, dapo, drgrpo, "
+     "drgrpo_soft, gpg, grpo, ppo)"),
     ("unknown option", ["--fast"], "unknown option '--fast'"),
     ("unexpected argument", ["foo"], "unexpected argument 'foo'"),
     ("--cfg other than job", ["--cfg", "hydra"], "--cfg hydra: only '--cfg job' is supported"),

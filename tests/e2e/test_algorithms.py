@@ -69,12 +69,12 @@ CASES = {
 }
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 @pytest.mark.parametrize("name", list(CASES))
 def test_option_runs_through_the_launcher_and_acts(tmp_path, small_config, name):
     overrides, acted = CASES[name]
     proc = launch("areal_lite.launcher.local", small_config(), "total_train_steps=2", *CONTRAST, *overrides,
-                  timeout=280)
+                  timeout=560)
     rdir = run_dir(tmp_path)
     assert proc.returncode == 0, explain(proc, rdir)
     metrics = read_jsonl(rdir / "metrics.jsonl")
