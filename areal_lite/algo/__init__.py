@@ -21,11 +21,13 @@ from areal_lite.algo.groups import group_index, group_std
 from areal_lite.algo.logprob import DEFAULT_CHUNK_SIZE, logprobs_and_entropy, logprobs_and_entropy_naive
 from areal_lite.algo.loss import (
     aggregate_stats,
+    behav_weight,
     kl_estimate,
     kl_reward_to_go,
     loss_counts,
     policy_loss,
     reduce_loss,
+    value_loss,
 )
 from areal_lite.algo.normalize import normalize
 from areal_lite.algo.offpolicy import prox_logp_loglinear, sequence_is_weights
@@ -54,9 +56,11 @@ from areal_lite.algo.options import (
 from areal_lite.algo.policy_losses import (
     cispo_loss,
     clip_cov_loss,
+    clip_cov_select,
     entropy_bonus,
     gmpo_loss,
     kl_cov_loss,
+    kl_cov_select,
     reinforce_loss,
     sapo_loss,
     top_entropy_mask,
@@ -91,8 +95,10 @@ __all__ = [
     "SEQ_IS_AGGS",
     "SEQ_IS_MODES",
     "aggregate_stats",
+    "behav_weight",
     "cispo_loss",
     "clip_cov_loss",
+    "clip_cov_select",
     "discounted_returns",
     "drop_all_equal_groups",
     "entropy_bonus",
@@ -107,6 +113,7 @@ __all__ = [
     "grpo_s_rewards",
     "gtpo_token_rewards",
     "kl_cov_loss",
+    "kl_cov_select",
     "kl_estimate",
     "kl_reward_to_go",
     "logprobs_and_entropy",
@@ -134,4 +141,5 @@ __all__ = [
     "soft_reweight_weights",
     "top_entropy_mask",
     "top_k_groups_by_std",
+    "value_loss",
 ]

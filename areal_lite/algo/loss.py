@@ -153,7 +153,7 @@ def policy_loss(
         stats["dual_clipped_count"] = (dual & m).sum().to(torch.float64)
     if behav_logp is not None:
         _check_2d("behav_logp", behav_logp, shape)
-        weight, wstats = _behav_weight(old_logp, behav_logp, m, behav_weight_cap, behav_weight_mode)
+        weight, wstats = behav_weight(old_logp, behav_logp, m, cap=behav_weight_cap, mode=behav_weight_mode)
         loss = loss * weight.to(loss.dtype)
         stats.update(wstats)
     loss = torch.where(m, loss, zero)
@@ -167,11 +167,15 @@ def policy_loss(
     return loss, stats
 
 
-def _behav_weight(
-    old_logp: torch.Tensor, behav_logp: torch.Tensor, m: torch.Tensor, cap: float | None, mode: str
+def behav_weight(
+    old_logp: torch.Tensor, behav_logp: torch.Tensor, mask: torch.Tensor, *, cap: float | None = None,
+    mode: str = "mask",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Decoupled-PPO behaviour weight w = π_prox/π_behav (constant), capped; 0 where masked."""
+    """Decoupled-PPO behaviour weight w = exp(old_logp − behav_logp) `[B, T]` (float64, a constant;
+    0 where masked); above `cap`, mode "mask" sets w = 0 and "clamp" uses w = cap. Statistics as
+    `policy_loss`'s (`behav_weight_sum`, `behav_weight_max`, `behav_capped_count`)."""
     mode = parse_option(mode, BEHAV_WEIGHT_MODES, "behav_weight_mode")
+    m = mask.to(torch.bool)
     with torch.no_grad():
         w_raw = torch.where(m, torch.exp(old_logp.detach().double() - behav_logp.detach().double()), 0.0)
         stats = {
@@ -247,3 +251,36 @@ def kl_reward_to_go(kl: torch.Tensor, mask: torch.Tensor, kl_ctl: float) -> torc
     k = torch.where(m, kl.detach(), 0.0)
     future = torch.flip(torch.cumsum(torch.flip(k, [1]), dim=1), [1])  # [B, T]
     return torch.where(m, -kl_ctl * future, 0.0)
+
+
+def value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, *,
+    clip: float | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO's clipped value loss per token `[B, T]` (0 where masked) and statistics.
+
+    ℓ = ½·max((V − R)², (V_clip − R)²) with V_clip = V_old + clip(V − V_old, −clip, clip) (V_old
+    and R constants); `clip=None`: ℓ = ½·(V − R)². Reduce with `reduce_loss`. Statistics:
+    `n_tokens`, `clipped_count` (the clipped branch is larger), `value_sum`, `sq_error_sum` (Σ (V − R)²).
+    """
+    _check_2d("old_values", old_values, values.shape)
+    _check_2d("returns", returns, values.shape)
+    _check_2d("mask", mask, values.shape)
+    m = mask.to(torch.bool)
+    zero = torch.zeros((), dtype=values.dtype, device=values.device)
+    ret = torch.where(m, returns.detach().to(values.dtype), zero)
+    old = torch.where(m, old_values.detach().to(values.dtype), zero)
+    v = torch.where(m, values, zero)  # NOTE: masked first, so that padding never reaches a gradient
+    unclipped = (v - ret) ** 2
+    loss = unclipped
+    clipped_count = torch.zeros((), dtype=torch.float64, device=values.device)
+    if clip is not None:
+        if not clip > 0:
+            raise ValueError(f"clip must be > 0, got {clip}")
+        clipped = (old + torch.clamp(v - old, -clip, clip) - ret) ** 2
+        loss = torch.maximum(unclipped, clipped)
+        clipped_count = ((clipped > unclipped) & m).sum().to(torch.float64)
+    with torch.no_grad():
+        stats = {"n_tokens": m.sum().to(torch.float64), "clipped_count": clipped_count,
+                 "value_sum": v.detach().sum().to(torch.float64), "sq_error_sum": unclipped.detach().sum().to(torch.float64)}
+    return torch.where(m, 0.5 * loss, zero), stats

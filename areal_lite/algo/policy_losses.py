@@ -97,43 +97,77 @@ def _cov(adv: torch.Tensor, logp: torch.Tensor, m: torch.Tensor) -> torch.Tensor
     return (adv - a_mean) * (logp.detach() - l_mean)
 
 
+def clip_cov_select(
+    advantages, logp, mask, *, ratio: float = 2e-4, cov_lb: float = 1.0, cov_ub: float = 5.0,
+    exclude: torch.Tensor | None = None, generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Clip-Cov's dropped tokens `[B, T]` (bool): max(1, ⌊ratio·N⌋) drawn by `torch.randperm` on
+    `generator` (global by default) among the valid tokens, not in `exclude`, whose covariance
+    (A − Ā)(logp − l̄) lies strictly inside (cov_lb, cov_ub); Ā, l̄ are means over the valid tokens
+    passed in, N their count. Candidates are taken in row-major order."""
+    m = mask.to(torch.bool)
+    adv = torch.where(m, advantages.detach().to(logp.dtype), torch.zeros((), dtype=logp.dtype, device=logp.device))
+    cov = _cov(adv, logp, m)
+    band = (cov > cov_lb) & (cov < cov_ub) & m
+    if exclude is not None:
+        band = band & ~exclude
+    cand = torch.nonzero(band)  # [K, 2], row-major order
+    num = max(int(ratio * int(m.sum())), 1)
+    drop = torch.zeros_like(m)
+    if len(cand):
+        pick = cand[torch.randperm(len(cand), generator=generator)[: min(num, len(cand))]]
+        drop[pick[:, 0], pick[:, 1]] = True
+    return drop
+
+
 def clip_cov_loss(
     logp, old_logp, advantages, mask, *, eps_clip: float = 0.2, eps_clip_higher: float | None = None,
     ratio: float = 2e-4, cov_lb: float = 1.0, cov_ub: float = 5.0, generator: torch.Generator | None = None,
+    drop: torch.Tensor | None = None,
 ):
-    """Clip-Cov (2505.22617): PPO's clipped loss, with max(1, ⌊ratio·N⌋) tokens drawn at random among
-    those PPO did not clip and whose covariance cov_lb < (A − Ā)(logp − l̄) < cov_ub lies in the band;
-    the drawn tokens get loss 0 (no gradient). Ā, l̄ are means over the valid tokens passed in
-    (one micro-batch). The draw is `torch.randperm(#candidates)` on `generator` (global by default).
+    """Clip-Cov (2505.22617): PPO's clipped loss, with the `drop` tokens' loss set to 0 (no gradient).
+
+    Without `drop`, the tokens are drawn here by `clip_cov_select` over the tokens passed in, among
+    those PPO did not clip (verl's per-micro-batch rule). The trainer passes `drop`, selected once
+    over the whole minibatch.
     """
     m, adv, log_ratio, zero = _prepare(logp, old_logp, advantages, mask)
     hi = eps_clip if eps_clip_higher is None else eps_clip_higher
     r = torch.exp(log_ratio)
     pg1, pg2 = -adv * r, -adv * torch.clamp(r, 1.0 - eps_clip, 1.0 + hi)
-    cov = _cov(adv, logp, m)
-    band = (cov > cov_lb) & (cov < cov_ub) & m & ~(pg2 > pg1)
-    cand = torch.nonzero(band)  # [K, 2], row-major order
-    num = max(int(ratio * int(m.sum())), 1)
-    keep = torch.ones_like(m)
-    if len(cand):
-        pick = cand[torch.randperm(len(cand), generator=generator)[: min(num, len(cand))]]
-        keep[pick[:, 0], pick[:, 1]] = False
+    if drop is None:
+        drop = clip_cov_select(adv, logp, m, ratio=ratio, cov_lb=cov_lb, cov_ub=cov_ub, exclude=pg2 > pg1,
+                               generator=generator)
+    keep = ~drop.to(torch.bool)
     loss = torch.where(m & keep, torch.maximum(pg1, pg2), zero)
-    return loss, {"n_tokens": _count(m), "cov_dropped_count": _count(~keep & m)}
+    return loss, {"n_tokens": _count(m), "clipped_count": _count((pg2 > pg1) & m & keep),
+                  "cov_dropped_count": _count(~keep & m)}
 
 
-def kl_cov_loss(logp, old_logp, advantages, mask, *, ratio: float = 2e-4, kl_coef: float = 1.0):
-    """KL-Cov (2505.22617): unclipped ℓ = −A·r, plus kl_coef·|logp − old_logp| on the max(1, ⌊ratio·N⌋)
-    valid tokens with the largest covariance (A − Ā)(logp − l̄) (means over the tokens passed in)."""
-    m, adv, log_ratio, zero = _prepare(logp, old_logp, advantages, mask)
-    loss = -adv * torch.exp(log_ratio)
+def kl_cov_select(advantages, logp, mask, *, ratio: float = 2e-4) -> torch.Tensor:
+    """KL-Cov's penalised tokens `[B, T]` (bool): the max(1, ⌊ratio·N⌋) valid tokens of largest
+    covariance (A − Ā)(logp − l̄), means over the N valid tokens passed in."""
+    m = mask.to(torch.bool)
+    adv = torch.where(m, advantages.detach().to(logp.dtype), torch.zeros((), dtype=logp.dtype, device=logp.device))
     flat = torch.nonzero(m.reshape(-1)).squeeze(1)
     penalised = torch.zeros_like(m)
     if flat.numel():
         cov = _cov(adv, logp, m).reshape(-1)[flat]
         k = max(1, int(flat.numel() * ratio))
         penalised.view(-1)[flat[torch.topk(cov, k).indices]] = True
-        loss = torch.where(penalised, loss + kl_coef * log_ratio.abs(), loss)
+    return penalised
+
+
+def kl_cov_loss(logp, old_logp, advantages, mask, *, ratio: float = 2e-4, kl_coef: float = 1.0,
+                penalised: torch.Tensor | None = None):
+    """KL-Cov (2505.22617): unclipped ℓ = −A·r, plus kl_coef·|logp − old_logp| on the `penalised`
+    tokens; without them, `kl_cov_select` over the tokens passed in (verl's per-micro-batch rule)."""
+    m, adv, log_ratio, zero = _prepare(logp, old_logp, advantages, mask)
+    loss = -adv * torch.exp(log_ratio)
+    if penalised is None:
+        penalised = kl_cov_select(adv, logp, m, ratio=ratio)
+    penalised = penalised.to(torch.bool) & m
+    loss = torch.where(penalised, loss + kl_coef * log_ratio.abs(), loss)
     return torch.where(m, loss, zero), {"n_tokens": _count(m), "kl_penalised_count": _count(penalised)}
 
 

@@ -152,6 +152,18 @@ class RolloutFilterConfig:
 
 
 @dataclass
+class CriticConfig:
+    path: str = setting(
+        "", "Initial weights of the value model: a causal LM directory whose backbone gets a new scalar value "
+        "head (AutoModelForTokenClassification, 1 label); empty: actor.path."
+    )
+    optimizer: OptimizerConfig = setting(factory=OptimizerConfig, help="AdamW and its schedule for the value model.")
+    value_clip: Optional[float] = setting(
+        0.5, "PPO's clipped value loss: new values clipped to ±value_clip around the old ones; null: unclipped.", gt=0
+    )
+
+
+@dataclass
 class ActorConfig:
     path: str = setting("", "Model directory (any transformers causal LM). Built first when `prepare` says so.")
     dtype: str = setting(
@@ -226,6 +238,7 @@ class ActorConfig:
     adv_norm: AdvNormConfig = setting(factory=AdvNormConfig, help="Advantage normalisation (adv_estimator=normalize).")
     gamma: float = setting(1.0, "Discount γ of token returns (reinforce_pp, gae).", ge=0, le=1)
     gae_lambda: float = setting(1.0, "GAE λ (adv_estimator=gae).", ge=0, le=1)
+    critic: CriticConfig = setting(factory=CriticConfig, help="The value model trained beside the policy (adv_estimator=gae).")
     passk_norm_by_std: bool = setting(True, "passk: divide the best answer's margin by the group's std.")
     gpg_f_norm: float = setting(1.0, "gpg: the normaliser f_norm of the advantages.", gt=0)
     group_filter: GroupFilterConfig = setting(factory=GroupFilterConfig, help="Group filtering and reweighting.")

@@ -24,6 +24,9 @@ ALGO_KEYS = (
     "actor.overlong_penalty.enabled",
     "actor.group_filter.soft_reweight",
     "rollout.dynamic_filter",
+    "actor.policy_loss",
+    "actor.adv_estimator",
+    "actor.kl_loss_reduction",
 )
 
 _GRPO = {
@@ -35,6 +38,11 @@ _GRPO = {
     "actor.overlong_penalty.enabled": False,
     "actor.group_filter.soft_reweight": False,
     "rollout.dynamic_filter": "none",
+    "actor.policy_loss": "ppo",
+    "actor.adv_estimator": "normalize",
+    # A KL term (actor.kl_ctl > 0, a task's choice: it loads a reference model) is reduced like the
+    # policy term, as in DeepSeekMath's GRPO (TRL `grpo`), Dr.GRPO (Σ/K for both) and every other source.
+    "actor.kl_loss_reduction": None,
 }
 _DRGRPO = {**_GRPO, "actor.adv_norm.std_level": "none", "actor.loss_reduction": "seq_mean_token_sum_norm"}
 
@@ -54,6 +62,13 @@ ALGO_PRESETS: dict[str, dict[str, Any]] = {
         "actor.overlong_penalty.enabled": True,
         "rollout.dynamic_filter": "drop_all_equal",
     },
+    # CISPO (MiniMax-M1): the clipped ratio as a constant weight on −A·logp, so every token keeps its
+    # gradient; group-normalised advantages and the token mean, as the paper.
+    "cispo": {**_GRPO, "actor.policy_loss": "cispo", "actor.loss_reduction": "token_mean"},
+    # GPG (Chu et al.): plain −A·logp with group-centred advantages rescaled to the groups with contrast.
+    "gpg": {**_GRPO, "actor.policy_loss": "reinforce", "actor.adv_estimator": "gpg", "actor.loss_reduction": "token_mean"},
+    # PPO proper: GAE(γ, λ) over a critic trained beside the policy (actor.critic), token mean.
+    "ppo": {**_GRPO, "actor.adv_estimator": "gae", "actor.loss_reduction": "token_mean"},
 }
 
 

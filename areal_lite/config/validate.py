@@ -148,8 +148,8 @@ def _check_rollout(cfg: ExperimentConfig) -> None:
 
 # Advantage estimators that need a part areal_lite does not have yet.
 UNAVAILABLE_ESTIMATORS = {
-    "gae": "needs a critic (value model), which areal_lite does not have yet",
-    "remax": "needs a greedy baseline rollout per prompt, which the rollout workers do not produce yet",
+    "remax": "needs the reward of a greedy baseline rollout per prompt, which the rollout workers do not produce "
+             "and the trainer's batch does not carry yet",
 }
 GROUP_ESTIMATORS = ("passk", "gpg", "reinforce_pp_baseline")  # compare the answers of a group
 
@@ -159,7 +159,7 @@ def _check_advantages(cfg: ExperimentConfig) -> None:
     est = a.adv_estimator
     if est in UNAVAILABLE_ESTIMATORS:
         raise ConfigError(f"actor.adv_estimator: {est} is not yet available: it {UNAVAILABLE_ESTIMATORS[est]}; "
-                          f"use normalize, reinforce_pp, {', '.join(GROUP_ESTIMATORS)}")
+                          f"use normalize, reinforce_pp, gae, {', '.join(GROUP_ESTIMATORS)}")
     if est in GROUP_ESTIMATORS:
         require(n >= 2, "gconfig.n_samples", f"actor.adv_estimator={est} compares the answers of a group: needs >= 2")
     norm = a.adv_norm

@@ -43,6 +43,7 @@ from areal_lite.run.schedule import Schedule
 from areal_lite.run.stats import StatsLogger, Timer, batch_metrics
 from areal_lite.run.weight_sync import build_weight_sync
 from areal_lite.trainer.batch import batch_from_groups
+from areal_lite.trainer.critic import build_critic, with_critic
 from areal_lite.trainer.engine import EngineSpec, FSDPEngine
 from areal_lite.trainer.ppo import PPOActor
 from areal_lite.utils.distributed import init_trainer_dist, run_and_exit
@@ -114,8 +115,10 @@ def train_main(cfg: ExperimentConfig, env: RunEnv) -> int:
     if cfg.actor.kl_ctl > 0:
         ref = FSDPEngine(spec, d, total_optimizer_steps=1)
         ref.initialize(with_optimizer=False)
+    critic = build_critic(cfg.actor, d, total_optimizer_steps=total_steps * cfg.actor.ppo_n_minibatches)  # GAE only
     actor = PPOActor.build(cfg.actor, max_new_tokens=cfg.gconfig.max_new_tokens,
-                           loss_norm_constant=resolved_loss_norm_constant(cfg), seed=cfg.seed)
+                           loss_norm_constant=resolved_loss_norm_constant(cfg), seed=cfg.seed, critic=critic)
+    trained = with_critic(engine, critic)  # what the recover checkpoint holds
     admin = ServerAdmin(env.server_addrs, api_key=env.api_key) if d.rank == 0 else None
     weight_sync = build_weight_sync(cfg.actor.weight_update_mode, admin=admin, run_dir=run, env=env,
                                     device_type=d.device.type, tp_size=cfg.allocation.inference.tp_size)
@@ -126,7 +129,7 @@ def train_main(cfg: ExperimentConfig, env: RunEnv) -> int:
                         config_dict=None, rank=d.rank, total_steps=total_steps)
 
     # Every piece of the run agrees on the start: model, controller, ledger, metrics, served weights.
-    start_step = resume(cfg.recover.mode, checkpointer, engine, source, run)
+    start_step = resume(cfg.recover.mode, checkpointer, trained, source, run)
     weight_sync.connect(engine)
     if start_step > 0 or env.restarts > 0:  # the servers may hold weights the trainer no longer has
         weight_sync.update(engine, version=start_step)
@@ -156,7 +159,7 @@ def train_main(cfg: ExperimentConfig, env: RunEnv) -> int:
             source.record_trained(step, batch)
             with timer("checkpoint"):
                 if cfg.recover.mode != "disabled" and recover_every.due(step):
-                    checkpointer.save(engine, {"step": step, "controller": source.state_dict()}, step)
+                    checkpointer.save(trained, {"step": step, "controller": source.state_dict()}, step)
                 if save_every.due(step):
                     engine.save_hf(run.checkpoint_path(f"step{step + 1}"), tokenizer_path=resolved_tokenizer_path(cfg))
             with timer("eval"):

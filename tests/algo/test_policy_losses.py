@@ -10,9 +10,11 @@ import torch
 from areal_lite.algo import (
     cispo_loss,
     clip_cov_loss,
+    clip_cov_select,
     entropy_bonus,
     gmpo_loss,
     kl_cov_loss,
+    kl_cov_select,
     reduce_loss,
     reinforce_loss,
     sapo_loss,
@@ -108,6 +110,31 @@ def test_kl_cov_penalises_top_covariance_tokens():
         want = -adv[c].item() * math.exp(d) + (2.0 * abs(d) if c in top else 0.0)
         assert loss[c].item() == pytest.approx(want)
     assert int(stats["kl_penalised_count"]) == 2
+
+
+def test_cov_selections_given_from_outside_are_used_as_given():
+    """The trainer selects over the whole minibatch and passes the tokens in; the losses then use them
+    verbatim (and select the same tokens themselves when given the same inputs and draw)."""
+    logp, old, adv = inputs(5)
+    r = torch.exp(logp.detach() - old)
+    clipped = (-adv * r.clamp(0.8, 1.2)) > (-adv * r)
+    drop = clip_cov_select(adv, logp, MASK, ratio=0.3, cov_lb=-10.0, cov_ub=10.0, exclude=clipped,
+                           generator=torch.Generator().manual_seed(1))
+    assert int(drop.sum()) == 2 and not (drop & (clipped | ~MASK)).any()
+    given, _ = clip_cov_loss(logp, old, adv, MASK, drop=drop)
+    own, _ = clip_cov_loss(logp, old, adv, MASK, ratio=0.3, cov_lb=-10.0, cov_ub=10.0,
+                           generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(given, own)
+    assert float(given.detach()[drop].abs().sum()) == 0.0
+    other = torch.zeros_like(MASK)
+    other[2, 3] = True  # any tokens the caller chose: only they are penalised
+    loss, stats = kl_cov_loss(logp, old, adv, MASK, kl_coef=2.0, penalised=other)
+    d = (logp - old).detach()
+    torch.testing.assert_close(loss.detach(), torch.where(MASK, -adv * torch.exp(d) + 2.0 * d.abs() * other, 0.0))
+    assert int(stats["kl_penalised_count"]) == 1
+    assert torch.equal(kl_cov_select(adv, logp, MASK, ratio=0.25),
+                       kl_cov_loss(logp, old, adv, MASK, ratio=0.25)[0].detach() != torch.where(
+                           MASK, -adv * torch.exp(d), 0.0))
 
 
 def test_entropy_bonus_and_top_entropy_mask():

@@ -89,8 +89,8 @@ BAD = [
     ("unquoted character", ["trial_name=a!"], "cannot parse override 'trial_name=a!'"),
     ("delete unknown key", ["~actor.lrr"], "unknown config key 'actor.lrr'"),
     ("delete with wrong value", ["~actor.eps_clip=0.3"], "~actor.eps_clip=0.3: actor.eps_clip is 0.2, not 0.3"),
-    ("unknown preset", ["algo=nope"], "algo: no config 'nope' in group 'algo' (choices: dapo, drgrpo, drgrpo_soft, "
-     "grpo)"),
+    ("unknown preset", ["algo=nope"], "algo: no config 'nope' in group 'algo' (choices: cispo, dapo, drgrpo, "
+     "drgrpo_soft, gpg, grpo, ppo)"),
     ("unknown option", ["--fast"], "unknown option '--fast'"),
     ("unexpected argument", ["foo"], "unexpected argument 'foo'"),
     ("--cfg other than job", ["--cfg", "hydra"], "--cfg hydra: only '--cfg job' is supported"),
@@ -154,7 +154,7 @@ BAD = [
      "actor.overlong_penalty.buffer_len: must be <= gconfig.max_new_tokens=32"),
     ("entropy shaping with kl reward", ["actor.entropy_shaping.mode=token", "actor.kl_ctl=0.1",
                                         "actor.kl_in_reward=true"], "actor.entropy_shaping.mode: entropy shaping"),
-    ("gae needs a critic", ["actor.adv_estimator=gae"], "actor.adv_estimator: gae is not yet available: it needs a critic"),
+    ("critic value clip 0", ["actor.adv_estimator=gae", "actor.critic.value_clip=0"], "actor.critic.value_clip: "),
     ("remax needs a baseline", ["actor.adv_estimator=remax"], "actor.adv_estimator: remax is not yet available"),
     ("passk with one sample", ["actor.adv_estimator=passk", "gconfig.n_samples=1"],
      "gconfig.n_samples: actor.adv_estimator=passk compares the answers of a group"),

@@ -1,6 +1,9 @@
-"""Run under torchrun by test_layout_update.py: one PPO update per (reduction, micro-batch budget).
+"""Run under torchrun by test_layout_update.py: one PPO update per (case, micro-batch budget).
 
-Writes, from rank 0, the parameter delta of each update to `{out}/{reduction}-{budget}.safetensors`.
+A case is a loss reduction, or `whole_batch`: the statistics that need the whole minibatch (the
+top-entropy quantile, Clip-Cov's random token draw, over two minibatches) with the entropy bonus and
+sequence IS weights on top. Writes, from rank 0, the parameter delta of each update to
+`{out}/{case}-{budget}-w{world}.safetensors`.
 """
 
 from __future__ import annotations
@@ -46,6 +49,18 @@ def make_batch(vocab: int, seed: int = 0) -> SeqBatch:
     )
 
 
+def actor_cfg(model: str, case: str) -> ActorConfig:
+    if case != "whole_batch":
+        cfg = ActorConfig(path=model, loss_reduction=case, behav_weight_cap=5.0)
+        cfg.adv_norm.mean_level, cfg.adv_norm.std_level = "group", "group"
+        return cfg
+    cfg = ActorConfig(path=model, loss_reduction="seq_mean_token_mean", policy_loss="clip_cov", ppo_n_minibatches=2,
+                      top_entropy_fraction=0.5, entropy_coef=0.01)
+    cfg.clip_cov.ratio, cfg.clip_cov.cov_lb, cfg.clip_cov.cov_ub = 0.1, -1e9, 1e9  # every token a candidate
+    cfg.seq_is.enabled, cfg.seq_is.cap = True, 1.5
+    return cfg
+
+
 def main() -> int:
     model, out, budgets, reductions = sys.argv[1], sys.argv[2], sys.argv[3].split(","), sys.argv[4].split(",")
     torch.set_num_threads(1)
@@ -65,8 +80,7 @@ def main() -> int:
             engine = FSDPEngine(spec, d, total_optimizer_steps=1)
             engine.initialize()
             before = {k: v.clone() for k, v in engine.full_state_dict().items()}  # may alias the live params
-            cfg = ActorConfig(path=model, loss_reduction=reduction, behav_weight_cap=5.0)
-            cfg.adv_norm.mean_level, cfg.adv_norm.std_level = "group", "group"
+            cfg = actor_cfg(model, reduction)
             actor = PPOActor.build(cfg, max_new_tokens=32, loss_norm_constant=32.0, seed=0)
             batch = make_batch(vocab=200)
             rows = actor.step_rows(engine, batch)
@@ -75,8 +89,10 @@ def main() -> int:
             if rank == 0:
                 delta = {k: (after[k] - before[k]).contiguous() for k in after}
                 save_file(delta, os.path.join(out, f"{reduction}-{budget}-w{world}.safetensors"))
-                results[f"{reduction}-{budget}-w{world}"] = {"loss": stats["ppo/loss"], "grad_norm": stats["train/grad_norm"],
-                                                             "padding_waste": stats["perf/padding_waste"]}
+                results[f"{reduction}-{budget}-w{world}"] = {
+                    "loss": stats["ppo/loss"], "grad_norm": stats["train/grad_norm"],
+                    "padding_waste": stats["perf/padding_waste"], **{k: v for k, v in stats.items()
+                                                                      if k.startswith(("ppo/", "seq_is/"))}}
             del engine
     if rank == 0:
         with open(os.path.join(out, f"stats-w{world}.json"), "w") as fh:

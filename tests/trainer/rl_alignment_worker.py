@@ -72,8 +72,8 @@ def main() -> int:
     adv = rows.mask.float()  # advantage +1 on every answer token
     gen = batch.gen_lens()
     totals = (float(gen.sum()), float((gen > 0).sum()))
-    g_ppo = grad_of(lambda lp, ent, mb: loss_fn(LossInputs.for_microbatch(mb, lp, ent, rows, adv, decoupled=True,
-                                                                            totals=totals)))
+    g_ppo = grad_of(lambda lp, ent, mb: loss_fn(LossInputs.for_microbatch(mb, lp, ent, rows, adv, {}, totals=totals,
+                                                                            version=0)))
 
     ref = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="eager")
     ref.train()

@@ -1,5 +1,6 @@
 """The update does not depend on the parallel layout: 1 vs 2 gloo ranks, different micro-batch budgets,
-packed vs padded micro-batches give the same parameters after one PPO step (issue 6)."""
+packed vs padded micro-batches give the same parameters after one PPO step (issue 6), also with the
+statistics that need the whole minibatch (top-entropy quantile, Clip-Cov's token draw; issue 15)."""
 
 from __future__ import annotations
 
@@ -14,13 +15,14 @@ from safetensors.torch import load_file
 
 WORKER = Path(__file__).with_name("layout_update_worker.py")
 REDUCTIONS = ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"]
+CASES = [*REDUCTIONS, "whole_batch"]
 
 
 def _torchrun(nproc: int, model: Path, out: Path, budgets: list[str]) -> None:
     port = 29400 + os.getpid() % 500 + nproc
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", f"--master-port={port}",
-         str(WORKER), str(model), str(out), ",".join(budgets), ",".join(REDUCTIONS)],
+         str(WORKER), str(model), str(out), ",".join(budgets), ",".join(CASES)],
         capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -34,7 +36,7 @@ def test_update_is_layout_invariant(tiny_model_dir, tmp_path):
     _torchrun(2, tiny_model_dir, tmp_path, ["64r40", "pad128"])
     stats = {**json.loads((tmp_path / "stats-w1.json").read_text()),
              **json.loads((tmp_path / "stats-w2.json").read_text())}
-    for reduction in REDUCTIONS:
+    for reduction in CASES:
         ref = load_file(tmp_path / f"{reduction}-100000-w1.safetensors")
         scale = max(float(t.abs().max()) for t in ref.values())
         assert scale > 1e-6, "the update must move the parameters"
@@ -44,6 +46,12 @@ def test_update_is_layout_invariant(tiny_model_dir, tmp_path):
             assert worst <= 1e-5 * scale, f"{reduction} {layout}: max |Δ diff| {worst:.3e} vs scale {scale:.3e}"
             assert stats[f"{reduction}-{layout}"]["loss"] == pytest.approx(
                 stats[f"{reduction}-100000-w1"]["loss"], rel=1e-5, abs=1e-7)
+    # The whole-minibatch statistics acted, the same in every layout: half the tokens by entropy, 10% dropped.
+    wb = stats["whole_batch-100000-w1"]
+    assert 0.4 < wb["ppo/top_entropy_kept_frac"] < 0.6 and 0.05 < wb["ppo/cov_dropped_frac"] < 0.15
+    for layout in ("100000r40-w1", "64-w1", "pad96-w1", "64r40-w2", "pad128-w2"):
+        for key in ("ppo/top_entropy_kept_frac", "ppo/cov_dropped_frac", "seq_is/weight_mean", "ppo/entropy"):
+            assert stats[f"whole_batch-{layout}"][key] == pytest.approx(wb[key], rel=1e-5), (layout, key)
     # Different reductions really are different updates (the test could not pass vacuously).
     a = load_file(tmp_path / "token_mean-100000-w1.safetensors")
     b = load_file(tmp_path / "seq_mean_token_sum_norm-100000-w1.safetensors")
