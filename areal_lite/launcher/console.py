@@ -33,12 +33,12 @@ def banner_lines(cfg: ExperimentConfig) -> list[str]:
         warm = f", SFT warm start on {sft.num_examples:,} examples" if sft.enabled else ""
         model = f"tiny Qwen2 ({t.num_hidden_layers} layers, hidden {t.hidden_size}{warm}) at {cfg.actor.path}"
     task = cfg.train_dataset.path + (f", environment {cfg.env.name}" if cfg.env.name else "")
-    steps = cfg.total_train_steps or f"{cfg.total_train_epochs} epoch(s)"
+    steps = f"{cfg.total_train_steps} steps" if cfg.total_train_steps else f"{cfg.total_train_epochs} epoch(s)"
     return [
         f"run       {cfg.experiment_name}/{cfg.trial_name}, seed {cfg.seed}",
         f"model     {model}",
         f"task      {task} ({cfg.train_dataset.batch_size} prompts x {cfg.gconfig.n_samples} answers per step, "
-        f"{steps} steps)",
+        f"{steps})",
         f"algorithm {algo_name(lambda key: _get(cfg, key))}, lr {cfg.actor.optimizer.lr:g}, staleness bound eta = "
         f"{cfg.rollout.max_head_offpolicyness}",
         f"run dir   {run_dir(cfg)}",
