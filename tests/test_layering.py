@@ -29,7 +29,9 @@ ALLOWED = {
     "run": {"utils", "config", "inference"},
     "tiny": {"utils", "config", "data", "trainer"},
     "launcher": {"utils", "config", "inference", "run"},
-    "tools": {"utils", "config", "algo", "data", "reward", "envs", "inference", "tiny", "run"},
+    # tools.evaluate scores checkpoints with the training workflow, through an embedded server it starts
+    "tools": {"utils", "config", "algo", "data", "reward", "envs", "inference", "inference.embedded", "rollout", "tiny",
+              "run"},
     "examples": {"utils", "config", "algo", "transport", "data", "reward", "envs", "inference", "rollout", "control",
                  "trainer", "run", "tiny"},
 }

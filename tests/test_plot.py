@@ -1,4 +1,5 @@
-"""`python -m areal_lite.tools.plot`: a PNG of reward, eval accuracy, staleness and throughput from metrics.jsonl."""
+"""`python -m areal_lite.tools.plot`: a PNG of reward, eval accuracy, answer length, staleness, throughput and step
+time from metrics.jsonl, titled from config.yaml; several runs overlaid; steps or wall time on the x axis."""
 
 from __future__ import annotations
 
@@ -86,3 +87,76 @@ def test_resumed_run_keeps_last_record_of_a_step(tmp_path):
         "\n".join(json.dumps({"step": s, "reward/mean": r}) for s, r in [(0, 0.1), (1, 0.2), (1, 0.3), (2, 0.4)])
     )
     assert [r["reward/mean"] for r in read_metrics(str(run))] == [0.1, 0.3, 0.4]
+
+
+RUN_CONFIG = """experiment_name: quickstart
+trial_name: {trial}
+seed: {seed}
+train_dataset: {{batch_size: 32}}
+gconfig: {{n_samples: 8}}
+rollout: {{max_head_offpolicyness: 2, dynamic_filter: none}}
+actor:
+  optimizer: {{lr: 0.0002}}
+  adv_norm: {{mean_level: group, std_level: none}}
+  loss_reduction: seq_mean_token_sum_norm
+  loss_norm_constant: null
+  eps_clip_higher: null
+  overlong_penalty: {{enabled: false}}
+  group_filter: {{soft_reweight: false}}
+"""
+
+
+def write_config(run, seed=1):
+    """The keys of a run's config.yaml that the title reads (the Dr.GRPO preset's values)."""
+    (run / "config.yaml").write_text(RUN_CONFIG.format(trial=run.name, seed=seed))
+
+
+def test_title_names_run_algorithm_and_seed(tmp_path):
+    from areal_lite.tools.plot import describe_run, read_run_config
+
+    run = write_run(tmp_path / "cpu")
+    write_config(run, seed=3)
+    assert describe_run(read_run_config(str(run))) == "quickstart/cpu: drgrpo, lr 0.0002, eta 2, 32x8 per step, seed 3"
+    assert describe_run({}) == ""
+
+
+def test_several_runs_labelled_by_seed_and_a_wall_time_axis(tmp_path, capsys):
+    from areal_lite.tools.plot import default_labels, read_run_config
+
+    runs = []
+    for seed in (1, 2, 3):
+        run = write_run(tmp_path / f"s{seed}" / "cpu", steps=10 + seed)
+        write_config(run, seed=seed)
+        runs.append(str(run))
+    configs = [read_run_config(r) for r in runs]
+    assert default_labels(runs, configs) == ["s1/cpu (seed 1)", "s2/cpu (seed 2)", "s3/cpu (seed 3)"]
+    out = tmp_path / "seeds.png"
+    assert main([*runs, "--x", "time", "--out", str(out)]) == 0
+    assert out.read_bytes().startswith(PNG_MAGIC)
+    printed = capsys.readouterr().out
+    assert printed.count("reward_first") == 3 and "s3/cpu (seed 3): steps 13" in printed
+    with pytest.raises(SystemExit):  # argparse refuses an unknown axis
+        main([runs[0], "--x", "tokens"])
+
+
+def test_wall_minutes_continue_across_a_resumed_trainer():
+    from areal_lite.tools.plot import wall_minutes
+
+    recs = [{"step": s, "time/elapsed": t} for s, t in [(0, 60.0), (1, 120.0), (2, 30.0), (3, 90.0)]]
+    assert wall_minutes(recs) == {0: 0.0, 1: 1.0, 2: 2.0, 3: 2.5, 4: 3.5}
+
+
+def test_answer_length_and_extra_sets_are_plotted(tmp_path):
+    from areal_lite.run.stats import eval_set_names
+
+    run = write_run(tmp_path / "run")
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    lines[0] = json.dumps({**json.loads(lines[0]), "eval/hard/accuracy_initial": 0.05})
+    lines[-1] = json.dumps({**json.loads(lines[-1]), "eval/hard/accuracy": 0.3, "len/truncated_frac": 0.01})
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    recs = read_metrics(str(run))
+    assert eval_set_names(recs) == ["eval", "eval/hard"]
+    s = summary(recs)
+    assert s["eval_hard_accuracy_start"] == 0.05 and s["eval_hard_accuracy_end"] == 0.3
+    assert s["gen_len_first"] == pytest.approx((30.0 + 29.5) / 2) and s["gen_len_last"] == pytest.approx((21.0 + 20.5) / 2)
+    assert main([str(run)]) == 0

@@ -62,6 +62,17 @@ def check_host(value: str) -> str | None:
     return None
 
 
+def _check_extra_datasets(sets: dict) -> str | None:
+    """Why evaluator.extra_datasets is unusable (None when it is fine): plain names, non-empty paths."""
+    for name, path in sets.items():
+        why = check_plain_name(str(name))
+        if why:
+            return f"set name {why}"
+        if not isinstance(path, str) or not path:
+            return f"set {name!r}: the path must be a non-empty string"
+    return None
+
+
 # ---------------------------------------------------------------------------------------------
 # Cluster and placement
 # ---------------------------------------------------------------------------------------------
@@ -277,6 +288,11 @@ class EvaluatorConfig:
     n_samples: int = setting(1, "Samples per held-out prompt (pass@k with k = n_samples).", ge=1)
     temperature: float = setting(0.0, "Evaluation temperature (0: greedy).", ge=0)
     max_prompts: int = setting(0, "Evaluate on at most this many held-out prompts (0: all).", ge=0)
+    extra_datasets: Dict[str, str] = setting(
+        factory=dict, check=lambda sets: _check_extra_datasets(sets),
+        help="More held-out sets, name: path (read with valid_dataset's other options), each evaluated with "
+        "valid_dataset and logged as eval/<name>/accuracy, ...",
+    )
 
 
 @dataclass
@@ -291,6 +307,7 @@ class WandbConfig:
 class StatsLoggerConfig:
     console: bool = setting(True, "Print a progress line per step.")
     wandb: WandbConfig = setting(factory=WandbConfig, help="Weights & Biases logging.")
+    tensorboard: bool = setting(False, "Write TensorBoard event files to {run dir}/tensorboard (needs `tensorboard`).")
 
 
 @dataclass

@@ -7,6 +7,7 @@ the machine) exit with status 2 and one line, before any process starts.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import psutil
 
 from areal_lite.config import ConfigError, ExperimentConfig, load_config, preflight, save_config
 from areal_lite.config.schema import run_dir
+from areal_lite.launcher.console import Console
 
 
 @dataclass
@@ -100,31 +102,55 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
+SFT_LINE = re.compile(r"sft step (\d+)/(\d+)(?: nll ([0-9.]+))?")  # areal_lite/tiny/prepare.py's progress lines
+
+
 def run_prepare(cfg: ExperimentConfig, config_path: str, log_path: str, *, env: dict[str, str] | None = None,
-                stop: Callable[[], int | None] = lambda: None) -> None:
-    """Build the tiny model (and its SFT warm start) at actor.path when the config asks and it is missing.
+                stop: Callable[[], int | None] = lambda: None, console: Console | None = None) -> None:
+    """Announce the run (the start banner), then build the tiny model (and its SFT warm start) at
+    actor.path when the config asks and it is missing, with the warm start's progress on the console.
 
     `stop()` returning a signal number (one arrived) stops the preparation within a fraction of a
     second: its process tree is killed and Stopped is raised.
     """
+    console = console or Console()
+    console.banner(cfg)
     if cfg.prepare.model == "none" or os.path.isfile(os.path.join(cfg.actor.path, "config.json")):
         return
     t0 = time.time()
-    print(f"[launcher] preparing the model at {cfg.actor.path} (log: {log_path})", flush=True)
+    console.say(f"preparing the model at {cfg.actor.path} (log: {log_path})")
+    pos = os.path.getsize(log_path) if os.path.exists(log_path) else 0
+    sft = None
+
+    def follow() -> None:  # the warm start's progress lines, from the log
+        nonlocal pos, sft
+        chunk = read_from(log_path, pos)
+        chunk = chunk[: chunk.rfind("\n") + 1]
+        pos += len(chunk.encode())
+        for m in SFT_LINE.finditer(chunk):
+            sft = sft or console.phase("SFT warm start", int(m.group(2)))
+            sft.update(int(m.group(1)), **({"nll": m.group(3)} if m.group(3) else {}))
+
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "areal_lite.tiny.prepare", "--config", config_path],
             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True,
         )
-        while (rc := proc.poll()) is None:
-            if (signum := stop()) is not None:
-                kill_process_tree(proc.pid, signal.SIGKILL)
-                proc.wait()
-                raise Stopped(signum)
-            time.sleep(0.2)
+        try:
+            while (rc := proc.poll()) is None:
+                if (signum := stop()) is not None:
+                    kill_process_tree(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                    raise Stopped(signum)
+                follow()
+                time.sleep(0.2)
+            follow()
+        finally:
+            if sft is not None:
+                sft.close()
     if rc != 0:
         raise RuntimeError(f"model preparation failed (exit {rc}); see {log_path}:\n{tail(log_path)}")
-    print(f"[launcher] model ready in {time.time() - t0:.0f}s", flush=True)
+    console.say(f"model ready in {time.time() - t0:.0f}s")
 
 
 def read_from(path: str, pos: int) -> str:

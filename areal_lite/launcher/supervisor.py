@@ -19,7 +19,6 @@ the allocation). Everything else is here, written once:
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -29,6 +28,7 @@ from typing import Any, Callable
 
 from areal_lite.config.schema import ExperimentConfig
 from areal_lite.launcher.common import Stopped, kill_process_tree, read_from, tail
+from areal_lite.launcher.console import Console, RunProgress
 from areal_lite.launcher.plan import Plan, ProcessSpec, server_command
 from areal_lite.run.rundir import RunDir
 from areal_lite.utils.net import http_ok
@@ -104,8 +104,9 @@ class Supervisor:
         self.run_dir = RunDir(plan.run_dir)
         self.children = [Child(spec, self.run_dir.log_path(spec.name)) for spec in plan.all()]
         self.stop_signal: int | None = None
-        self._say_fn = say or (lambda msg: print(f"[launcher] {msg}", flush=True))
-        self._metrics_pos = 0
+        self.console = Console(say)
+        self.progress = RunProgress(self.console, cfg, self.run_dir.root, read_file=backend.read_file,
+                                    line_fn=progress_line, local_files=backend.where == "this machine")
 
     # ------------------------------------------------------------------ process control
 
@@ -164,6 +165,7 @@ class Supervisor:
         trainers = [c for c in self.children if c.spec.role == "trainer"]
         workers = [c for c in self.children if c.spec.role == "rollout"]
         self.run_dir.clear_fatal()
+        self.progress.clear()
         try:
             for c in servers:
                 self._spawn(c)
@@ -199,6 +201,7 @@ class Supervisor:
                         self._print_progress()
                         self._finish(workers)
                         self._say("training finished")
+                        self.progress.summary()
                         return 0
                     continue
                 if c.spec.role == "rollout" and rc == 0:
@@ -261,18 +264,10 @@ class Supervisor:
     # ------------------------------------------------------------------ console
 
     def _print_progress(self) -> None:
-        chunk = self.backend.read_file(self.run_dir.metrics_path, self._metrics_pos)
-        chunk = chunk[: chunk.rfind("\n") + 1]
-        self._metrics_pos += len(chunk.encode())
-        for line in chunk.splitlines():
-            try:
-                m = json.loads(line)
-            except ValueError:
-                continue
-            self._say(progress_line(m, self.cfg))
+        self.progress.poll()  # one line per step logged, the steps' bar, the trainer's evaluation
 
     def _say(self, msg: str) -> None:
-        self._say_fn(msg)
+        self.console.say(msg)
 
     def _check_signal(self) -> None:
         if self.stop_signal is not None:

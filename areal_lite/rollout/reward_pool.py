@@ -22,8 +22,15 @@ from typing import Any, Callable
 logger = logging.getLogger("areal_lite.reward")
 
 
+STARTUP_TIMEOUT_S = 300.0  # how long a fresh pool's processes may take to start (not charged to reward calls)
+
+
 def _call(fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
     return fn(*args, **kwargs)
+
+
+def _ready() -> int:
+    return os.getpid()
 
 
 def _exit_with_parent(parent_pid: int) -> None:
@@ -72,12 +79,29 @@ class RewardPool:
         self.start_method = start_method
         self.failures = {"raised": 0, "timeout": 0, "invalid": 0}
         self._pool: ProcessPoolExecutor | None = None
+        self._started: ProcessPoolExecutor | None = None  # the pool whose processes are known to be up
+        self._start_lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
 
     def _get_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:
             self._pool = ProcessPoolExecutor(self.num_workers, mp_context=mp.get_context(self.start_method),
                                              initializer=_exit_with_parent, initargs=(os.getpid(),))
         return self._pool
+
+    async def _aready_pool(self) -> ProcessPoolExecutor:
+        """The pool with its processes started. A spawned process imports the caller's main module
+        (an entry script imports torch: many seconds on a loaded machine), which must not count
+        against the first reward calls' timeout; concurrent first calls wait for one start."""
+        loop = asyncio.get_running_loop()
+        if self._start_lock is None or self._start_lock[0] is not loop:  # a Lock serves one event loop
+            self._start_lock = (loop, asyncio.Lock())
+        async with self._start_lock[1]:
+            pool = self._get_pool()
+            if self._started is not pool:
+                starts = [loop.run_in_executor(pool, _ready) for _ in range(self.num_workers)]
+                await asyncio.wait_for(asyncio.gather(*starts), timeout=max(STARTUP_TIMEOUT_S, self.timeout))
+                self._started = pool
+            return pool
 
     def _reset_pool(self) -> None:
         """Kill the pool's processes (a hung reward cannot be cancelled otherwise) and start afresh."""
@@ -95,7 +119,13 @@ class RewardPool:
         """`fn(*args, **kwargs)` in the pool: the reward, or None on failure (counted in `failures`)."""
         loop = asyncio.get_running_loop()
         for attempt in range(2):
-            pool = self._get_pool()
+            try:
+                pool = await self._aready_pool()
+            except (asyncio.TimeoutError, BrokenProcessPool, OSError) as e:
+                self.failures["timeout" if isinstance(e, asyncio.TimeoutError) else "raised"] += 1
+                logger.warning("reward processes did not start: %s", type(e).__name__)
+                self._reset_pool()
+                return None
             try:
                 fut = loop.run_in_executor(pool, _call, fn, args, kwargs)
                 value = await asyncio.wait_for(fut, timeout=self.timeout)
@@ -104,8 +134,12 @@ class RewardPool:
                 logger.warning("reward function timed out after %.1fs", self.timeout)
                 self._reset_pool()
                 return None
-            except BrokenProcessPool:
-                # Another call's timeout killed the pool under this one: run it again once.
+            except (BrokenProcessPool, asyncio.CancelledError):
+                cancelling = getattr(asyncio.current_task(), "cancelling", None)  # Python >= 3.11
+                if cancelling is not None and cancelling():
+                    raise  # this call itself is being cancelled
+                # Another call's timeout killed the pool under this one (its future broken or
+                # cancelled): run it again once.
                 if self._pool is pool:
                     self._reset_pool()
                 if attempt == 0:

@@ -73,6 +73,8 @@ def run_sft_warm_start(cfg: ExperimentConfig, model_dir: str) -> list[float]:
                       max_tokens_per_mb=max(4096, longest), temperature=1.0)
     engine = FSDPEngine(spec, dist_ctx, total_optimizer_steps=steps)
     engine.initialize()
+    # The launcher's console reads these lines (areal_lite/launcher/common.py run_prepare): keep their form.
+    logger.info("sft step 0/%d: %d examples, batch %d, %d epoch(s)", steps, len(examples), sft.batch_size, sft.epochs)
     t0 = time.time()
 
     def log(step: int, m: dict) -> None:

@@ -13,6 +13,7 @@ training loop below shows every phase of a step under a named timer, the same on
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -40,7 +41,7 @@ from areal_lite.run.checkpoint import RecoverCheckpointer, resume
 from areal_lite.run.perf import perf_metrics
 from areal_lite.run.rundir import RunDir
 from areal_lite.run.schedule import Schedule
-from areal_lite.run.stats import StatsLogger, Timer, batch_metrics
+from areal_lite.run.stats import ProgressFile, StatsLogger, Timer, batch_metrics
 from areal_lite.run.weight_sync import build_weight_sync
 from areal_lite.trainer.batch import batch_from_groups
 from areal_lite.trainer.critic import build_critic, with_critic
@@ -84,17 +85,21 @@ def rollout_main(cfg: ExperimentConfig, env: RunEnv) -> int:
 
 
 def build_evaluator(cfg: ExperimentConfig, env: RunEnv, tokenizer, rank: int) -> Evaluator:
-    """Held-out accuracy through the servers (greedy when evaluator.temperature is 0), on rank 0."""
+    """Held-out accuracy through the servers (greedy when evaluator.temperature is 0), on rank 0:
+    valid_dataset as eval/*, each of evaluator.extra_datasets as eval/<name>/*."""
     ev = cfg.evaluator
     enabled = rank == 0 and ev.freq_steps > 0
-    workflow, records = None, None
+    workflow, sets = None, {}
     if enabled:
         sampling = sampling_from_gconfig(cfg.gconfig)
         sampling.temperature = ev.temperature
         workflow = build_workflow(cfg, tokenizer, sampling, ev.n_samples, RewardPool(1, cfg.rollout.reward_timeout))
-        records = load_prompt_records(cfg.valid_dataset, tokenizer)[0][: ev.max_prompts or None]
-    return Evaluator(workflow, records, server_addrs=env.server_addrs, api_key=env.api_key,
-                     request_timeout=cfg.rollout.request_timeout, schedule=Schedule.of(ev), enabled=enabled)
+        for name, path in {"": cfg.valid_dataset.path, **ev.extra_datasets}.items():
+            ds = dataclasses.replace(cfg.valid_dataset, path=path)
+            sets[name] = load_prompt_records(ds, tokenizer)[0][: ev.max_prompts or None]
+    return Evaluator(workflow, sets, server_addrs=env.server_addrs, api_key=env.api_key,
+                     request_timeout=cfg.rollout.request_timeout, schedule=Schedule.of(ev), enabled=enabled,
+                     progress_fn=ProgressFile(env.run_dir))
 
 
 # --------------------------------------------------------------------------------- training
@@ -126,7 +131,7 @@ def train_main(cfg: ExperimentConfig, env: RunEnv) -> int:
     recover_every, save_every = Schedule.of(cfg.recover), Schedule.of(cfg.saver)
     evaluator = build_evaluator(cfg, env, tokenizer, d.rank)
     stats = StatsLogger(cfg.stats_logger, run_dir=run.root, run_name=f"{cfg.experiment_name}/{cfg.trial_name}",
-                        config_dict=None, rank=d.rank, total_steps=total_steps)
+                        config_dict=dataclasses.asdict(cfg), rank=d.rank, total_steps=total_steps)
 
     # Every piece of the run agrees on the start: model, controller, ledger, metrics, served weights.
     start_step = resume(cfg.recover.mode, checkpointer, trained, source, run)
