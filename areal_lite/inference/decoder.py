@@ -80,8 +80,50 @@ def rope_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, tor
     return cos.view(n, 1, d), (sin * sign).view(n, 1, d)
 
 
+class FusedLinear:
+    """Linear layers that read the same input, computed as one matmul.
+
+    Their weights (and biases) are concatenated into one buffer and the modules' parameters are
+    made views of it, so an in-place weight update (`weights.apply_named_tensors`, `load_state_dict`)
+    lands in the buffer. A parameter rebound to other storage is noticed at the next call and the
+    buffer is rebuilt from the parameters as they are then.
+    """
+
+    def __init__(self, linears: list[torch.nn.Module]):
+        self.linears = linears
+        self._fuse()
+
+    def _params(self) -> list[torch.Tensor]:
+        return [p for lin in self.linears for p in (lin.weight, lin.bias) if p is not None]
+
+    def _fuse(self) -> None:
+        weights = [lin.weight.detach() for lin in self.linears]
+        self.weight = torch.cat(weights)  # [sum of outputs, in]
+        self.bias = None
+        if any(lin.bias is not None for lin in self.linears):
+            self.bias = torch.cat([lin.bias.detach() if lin.bias is not None else w.new_zeros(w.shape[0])
+                                   for lin, w in zip(self.linears, weights)])
+        start = 0
+        for lin in self.linears:
+            end = start + lin.weight.shape[0]
+            lin.weight.data = self.weight[start:end]
+            if lin.bias is not None:
+                lin.bias.data = self.bias[start:end]
+            start = end
+        self._ptrs = [p.data_ptr() for p in self._params()]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if [p.data_ptr() for p in self._params()] != self._ptrs:
+            self._fuse()
+        return F.linear(x, self.weight, self.bias)
+
+
 class Decoder:
-    """Prefill and decode steps of one Llama-family model over a `SlotKVCache`."""
+    """Prefill and decode steps of one Llama-family model over a `SlotKVCache`.
+
+    NOTE: construction makes each layer's q/k/v and gate/up projection parameters views of one
+    buffer per group (`FusedLinear`); the model computes exactly as before.
+    """
 
     def __init__(self, model: torch.nn.Module, cache: SlotKVCache):
         reason = unsupported_reason(model)
@@ -98,7 +140,24 @@ class Decoder:
         self.head_dim = attn.head_dim
         self.scaling = attn.scaling
         self.qk_norm = hasattr(attn, "q_norm")
+        self.qkv = [FusedLinear([l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj]) for l in self.layers]
+        self.gate_up = [FusedLinear([l.mlp.gate_proj, l.mlp.up_proj]) for l in self.layers]
         self._arange = torch.arange(max(cache.max_slots, cache.max_length) + 1, device=cache.device)
+        self._rope = self._rope_table()
+
+    def _rope_table(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """`rope_tables` for every position up to the cache length, from the model's rotary module.
+
+        None for rotary types whose frequencies follow the sequence length (dynamic, longrope):
+        those call the module at every step.
+        """
+        rotary = self.model.model.rotary_emb
+        rope_type = getattr(rotary, "rope_type", "default")
+        if not isinstance(rope_type, str) or "dynamic" in rope_type or rope_type == "longrope":
+            return None
+        like = self.model.model.embed_tokens.weight
+        positions = self._arange[: self.cache.max_length].view(1, -1)
+        return rope_tables(*rotary(like[:1].unsqueeze(0), positions))  # [max_length, 1, D] each
 
     # ------------------------------------------------------------------ steps
 
@@ -129,21 +188,23 @@ class Decoder:
 
     def decode(self, ids: torch.Tensor, positions: torch.Tensor, length: int) -> torch.Tensor:
         """One token for each of slots [0, B): ids/positions [B]; attends over `length` positions; logits [B, V]."""
-        b = ids.shape[0]
+        b, hkv, d = ids.shape[0], self.num_kv_heads, self.head_dim
         rows = self._arange[:b]
-        groups = self.num_heads // self.num_kv_heads
-        # Position j of row r is visible when j <= positions[r]; one additive mask for all layers.
-        mask = torch.zeros(b, 1, 1, length, dtype=torch.float32, device=ids.device)
-        mask.masked_fill_(self._arange[:length] > positions.view(b, 1, 1, 1), float("-inf"))
+        groups = self.num_heads // hkv
+        # Position j of row r is visible when j <= positions[r]: one additive mask per step, laid out
+        # as the scores [B * Hkv, G, L] so that it is the matmul's starting value in every layer.
+        mask = torch.where(self._arange[:length] > positions.view(b, 1, 1, 1), float("-inf"), 0.0)  # [B, 1, 1, L]
+        mask = mask.expand(b, hkv, groups, length).reshape(b * hkv, groups, length)
 
         def attend(layer_idx, q, k, v):
-            keys, values = self.cache.layer(layer_idx, self.num_kv_heads, self.head_dim, k)
+            keys, values = self.cache.layer(layer_idx, hkv, d, k)
             keys[rows, :, positions] = k
             values[rows, :, positions] = v
-            q = q.view(b, self.num_kv_heads, groups, self.head_dim)
-            scores = torch.matmul(q, keys[:b, :, :length].transpose(2, 3)).float()  # [B, Hkv, G, L]
-            probs = torch.softmax(scores.mul_(self.scaling).add_(mask), dim=-1).to(v.dtype)
-            return torch.matmul(probs, values[:b, :, :length]).view(b, -1)  # [B, Hq * D]
+            q = q.reshape(b * hkv, groups, d)
+            k_all = keys[:b, :, :length].reshape(b * hkv, length, d)  # a view: slots and heads merge
+            scores = torch.baddbmm(mask.to(q.dtype), q, k_all.transpose(1, 2), alpha=self.scaling)  # [B*Hkv, G, L]
+            probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
+            return torch.bmm(probs, values[:b, :, :length].reshape(b * hkv, length, d)).view(b, -1)  # [B, Hq * D]
 
         return self._logits(self._layers(ids, positions, attend))
 
@@ -154,19 +215,26 @@ class Decoder:
         inner = self.model.model
         h = inner.embed_tokens(ids)  # [N, H]
         n = h.shape[0]
-        cos, sin = rope_tables(*inner.rotary_emb(h, positions.view(1, n)))  # [N, 1, D] each
+        if self._rope is not None:
+            cos, sin = self._rope[0][positions], self._rope[1][positions]  # [N, 1, D] each
+        else:
+            cos, sin = rope_tables(*inner.rotary_emb(h, positions.view(1, n)))
+        hq, hkv = self.num_heads, self.num_kv_heads
         for i, layer in enumerate(self.layers):
-            a, m = layer.self_attn, layer.mlp
+            a = layer.self_attn
             x = rms_norm(h, layer.input_layernorm)
-            q = F.linear(x, a.q_proj.weight, a.q_proj.bias).view(n, self.num_heads, self.head_dim)
-            k = F.linear(x, a.k_proj.weight, a.k_proj.bias).view(n, self.num_kv_heads, self.head_dim)
-            v = F.linear(x, a.v_proj.weight, a.v_proj.bias).view(n, self.num_kv_heads, self.head_dim)
+            qkv = self.qkv[i](x).view(n, hq + 2 * hkv, self.head_dim)
             if self.qk_norm:
-                q, k = rms_norm(q, a.q_norm), rms_norm(k, a.k_norm)
-            h = h + F.linear(attend(i, rope(q, cos, sin), rope(k, cos, sin), v), a.o_proj.weight, a.o_proj.bias)
+                qk = torch.cat((rms_norm(qkv[:, :hq], a.q_norm), rms_norm(qkv[:, hq : hq + hkv], a.k_norm)), dim=1)
+            else:
+                qk = qkv[:, : hq + hkv]
+            qk = rope(qk, cos, sin)  # [N, Hq + Hkv, D]
+            out = attend(i, qk[:, :hq], qk[:, hq:], qkv[:, hq + hkv :])
+            h = h + F.linear(out, a.o_proj.weight, a.o_proj.bias)
             x = rms_norm(h, layer.post_attention_layernorm)
-            gate = F.silu(F.linear(x, m.gate_proj.weight, m.gate_proj.bias))
-            h = h + F.linear(gate * F.linear(x, m.up_proj.weight, m.up_proj.bias), m.down_proj.weight, m.down_proj.bias)
+            gate, up = self.gate_up[i](x).chunk(2, dim=-1)
+            m = layer.mlp.down_proj
+            h = h + F.linear(F.silu(gate) * up, m.weight, m.bias)
         return rms_norm(h, inner.norm)
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -35,15 +35,19 @@ def sample_next_tokens(
     """
     logits = logits.float()
     scaled = logits / temperature.unsqueeze(1)  # [B, V]
+    logp = torch.log_softmax(scaled, dim=-1)  # [B, V], the reported distribution
     if all_greedy and banned is None:
         tokens = torch.argmax(logits, dim=-1)
     else:
         pick = scaled if banned is None else scaled.masked_fill(banned, float("-inf"))
-        tokens = _sample_filtered(pick, top_p, top_k, generator)
+        if top_p is None and top_k is None:
+            probs = logp.exp() if banned is None else torch.softmax(pick, dim=-1)
+            tokens = sample_from_probs(probs, generator)
+        else:
+            tokens = _sample_filtered(pick, top_p, top_k, generator)
         if bool(greedy.any()):
             tokens = torch.where(greedy, torch.argmax(pick, dim=-1), tokens)
-    # log_softmax(scaled) at the token, without materialising it over the vocabulary.
-    token_logp = scaled.gather(1, tokens.unsqueeze(1)).squeeze(1) - torch.logsumexp(scaled, dim=-1)
+    token_logp = logp.gather(1, tokens.unsqueeze(1)).squeeze(1)
     # A token of zero probability would report -inf, which JSON cannot carry (SGLang clamps the same way).
     return tokens, token_logp.clamp_(min=torch.finfo(torch.float32).min)
 
@@ -54,9 +58,7 @@ def _sample_filtered(
     top_k: torch.Tensor | None,
     generator: torch.Generator | None,
 ) -> torch.Tensor:
-    """Multinomial sample from softmax(scaled) restricted to each row's top-k / top-p set."""
-    if top_p is None and top_k is None:
-        return sample_from_probs(torch.softmax(scaled, dim=-1), generator)
+    """Sample from softmax(scaled) restricted to each row's top-k / top-p set."""
     vocab = scaled.shape[-1]
     sorted_logits, order = torch.sort(scaled, dim=-1, descending=True)  # [B, V]
     rank = torch.arange(vocab, device=scaled.device).unsqueeze(0)  # [1, V]
