@@ -69,7 +69,21 @@ def rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.
 
     rotate_half(x) * sin == roll(x, D/2) * signed_sin, with sin's first half negated (`rope_tables`).
     """
-    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), signed_sin)
+
+
+def add_linear(h: torch.Tensor, x: torch.Tensor, linear: torch.nn.Module) -> torch.Tensor:
+    """h + linear(x), as the matmul's starting value when the layer has no bias (h, x 2-D)."""
+    if linear.bias is None:
+        return torch.addmm(h, x, linear.weight.t())
+    return h + F.linear(x, linear.weight, linear.bias)
+
+
+def softmax_float32(scores: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dimension computed in float32, returned in the scores' dtype."""
+    if scores.dtype == torch.float32:
+        return torch.softmax(scores, dim=-1)
+    return torch.softmax(scores, dim=-1, dtype=torch.float32).to(scores.dtype)
 
 
 def rope_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,6 +154,7 @@ class Decoder:
         self.head_dim = attn.head_dim
         self.scaling = attn.scaling
         self.qk_norm = hasattr(attn, "q_norm")
+        self.dtype = inner.embed_tokens.weight.dtype
         self.qkv = [FusedLinear([l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj]) for l in self.layers]
         self.gate_up = [FusedLinear([l.mlp.gate_proj, l.mlp.up_proj]) for l in self.layers]
         self._arange = torch.arange(max(cache.max_slots, cache.max_length) + 1, device=cache.device)
@@ -194,7 +209,7 @@ class Decoder:
         # Position j of row r is visible when j <= positions[r]: one additive mask per step, laid out
         # as the scores [B * Hkv, G, L] so that it is the matmul's starting value in every layer.
         mask = torch.where(self._arange[:length] > positions.view(b, 1, 1, 1), float("-inf"), 0.0)  # [B, 1, 1, L]
-        mask = mask.expand(b, hkv, groups, length).reshape(b * hkv, groups, length)
+        mask = mask.to(self.dtype).expand(b, hkv, groups, length).reshape(b * hkv, groups, length)
 
         def attend(layer_idx, q, k, v):
             keys, values = self.cache.layer(layer_idx, hkv, d, k)
@@ -202,9 +217,8 @@ class Decoder:
             values[rows, :, positions] = v
             q = q.reshape(b * hkv, groups, d)
             k_all = keys[:b, :, :length].reshape(b * hkv, length, d)  # a view: slots and heads merge
-            scores = torch.baddbmm(mask.to(q.dtype), q, k_all.transpose(1, 2), alpha=self.scaling)  # [B*Hkv, G, L]
-            probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
-            return torch.bmm(probs, values[:b, :, :length].reshape(b * hkv, length, d)).view(b, -1)  # [B, Hq * D]
+            scores = torch.baddbmm(mask, q, k_all.transpose(1, 2), alpha=self.scaling)  # [B*Hkv, G, L]
+            return torch.bmm(softmax_float32(scores), values[:b, :, :length].reshape(b * hkv, length, d)).view(b, -1)  # [B, Hq * D]
 
         return self._logits(self._layers(ids, positions, attend))
 
@@ -230,11 +244,10 @@ class Decoder:
                 qk = qkv[:, : hq + hkv]
             qk = rope(qk, cos, sin)  # [N, Hq + Hkv, D]
             out = attend(i, qk[:, :hq], qk[:, hq:], qkv[:, hq + hkv :])
-            h = h + F.linear(out, a.o_proj.weight, a.o_proj.bias)
+            h = add_linear(h, out, a.o_proj)
             x = rms_norm(h, layer.post_attention_layernorm)
             gate, up = self.gate_up[i](x).chunk(2, dim=-1)
-            m = layer.mlp.down_proj
-            h = h + F.linear(F.silu(gate) * up, m.weight, m.bias)
+            h = add_linear(h, F.silu(gate) * up, layer.mlp.down_proj)
         return rms_norm(h, inner.norm)
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
