@@ -124,6 +124,37 @@ def run_generate(model, prompts, out_lens, sampling: dict, pad_id: int) -> dict:
             "logprobs": [logprobs[i, :n].tolist() for i, n in enumerate(out_lens)]}
 
 
+def linear_floor_s(model, prompts, out_lens) -> float:
+    """Seconds the model's linear layers alone take over the engine's token schedule.
+
+    Every prompt token once (packed), then one row per unfinished request per decode step; the
+    LM head on one row per request. No exact float32 engine can take less at this thread count,
+    so generate's time over this floor bounds the ratio any engine can reach. Each distinct
+    matmul shape is timed on its own (best of 3).
+    """
+    body = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not model.lm_head]
+    head = model.lm_head
+    width = max(m.in_features for m in body)
+
+    def best_of_3(rows: int, head_rows: int) -> float:
+        x = torch.randn(rows, width)
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            for m in body:
+                torch.nn.functional.linear(x[:, : m.in_features], m.weight, m.bias)
+            torch.nn.functional.linear(x[:head_rows, : head.in_features], head.weight, head.bias)
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    with torch.inference_mode():
+        total = best_of_3(sum(len(p) for p in prompts), len(prompts))
+        rows = [sum(n > t for n in out_lens) for t in range(1, max(out_lens))]  # decode step t samples token t+1
+        for b in set(rows):
+            total += rows.count(b) * best_of_3(b, b)
+    return total
+
+
 def max_logprob_error(model, prompts, outputs, logprobs, temperature: float, rows: int = 4) -> float:
     """The largest |reported - plain forward| log-prob over the first `rows` sequences."""
     worst = 0.0
@@ -156,6 +187,7 @@ def bench_one(name: str, threads: int, args) -> dict:
             gen_warm = run_generate(model, prompts, [min(8, n) for n in out_lens], sampling, pad)
             errors = {path: max_logprob_error(model, prompts, r["outputs"], r["logprobs"], args.temperature)
                       for path, r in (("engine", warm), ("generate", gen_warm))}
+            floor = linear_floor_s(model, prompts, out_lens)
             reps = []
             for r in range(args.repeats):
                 order = ("engine", "generate") if r % 2 == 0 else ("generate", "engine")
@@ -186,6 +218,7 @@ def bench_one(name: str, threads: int, args) -> dict:
         "generate_padded_batch": {"wall_s": gen_wall, "tokens_per_s": useful / gen_wall,
                                   "generated_incl_padding": reps[0]["generate"]["generated_incl_padding"]},
         "ratio_median": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+        "linear_floor_s": floor, "ratio_bound": gen_wall / floor,
         # CPU time of the whole process: unlike wall time, not inflated while other work holds the cores.
         "cpu_ratio_median": statistics.median(r["cpu_ratio"] for r in reps),
         "logprob_max_abs_error": errors, "repetitions": reps,
@@ -222,12 +255,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{name}, {threads} torch thread(s), {args.num_prompts} prompts, outputs {args.outputs}", flush=True)
             runs.append(bench_one(name, threads, args))
     print(f"\n{'model':<12}{'threads':>8}{'engine s':>10}{'generate s':>12}{'engine tok/s':>14}"
-          f"{'ratio median':>14}{'range':>14}{'CPU ratio':>11}{'logp err':>10}")
+          f"{'ratio median':>14}{'range':>14}{'CPU ratio':>11}{'floor s':>9}{'bound':>8}{'logp err':>10}")
     for r in runs:
         err = max(r["logprob_max_abs_error"].values())
         print(f"{r['model']:<12}{r['threads']:>8}{r['engine']['wall_s']:>10.2f}{r['generate_padded_batch']['wall_s']:>12.2f}"
               f"{r['engine']['tokens_per_s']:>14,.0f}{r['ratio_median']:>13.2f}x"
-              f"{r['ratio_min']:>7.2f}-{r['ratio_max']:.2f}{r['cpu_ratio_median']:>10.2f}x{err:>10.1e}")
+              f"{r['ratio_min']:>7.2f}-{r['ratio_max']:.2f}{r['cpu_ratio_median']:>10.2f}x"
+              f"{r['linear_floor_s']:>9.2f}{r['ratio_bound']:>7.2f}x{err:>10.1e}")
+    print("floor: the model's linear layers alone over the engine's tokens; bound: generate s / floor s, the best "
+          "ratio an exact float32 engine could reach")
     first = runs[0]
     report = {
         "workload": {"num_prompts": args.num_prompts, "prompt_len": [16, 64], "outputs": args.outputs,
