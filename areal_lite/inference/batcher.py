@@ -72,14 +72,15 @@ class Request:
     cache_len: int = 0  # tokens of this request held in its KV slot
     spans: list[list[Any]] = field(default_factory=list)  # [version, start] per weight change
     num_retractions: int = 0
+    # Derived from spec once (read for every request at every step).
+    greedy: bool = field(init=False)
+    filters: bool = field(init=False)  # samples from a top-p / top-k subset
+    ban_stops_until: int = field(init=False)  # stop tokens may not be sampled before this many outputs
 
-    @property
-    def greedy(self) -> bool:
-        return self.spec.temperature < GREEDY_EPS
-
-    @property
-    def filters(self) -> bool:
-        return not self.greedy and (self.spec.top_p < 1.0 or 0 < self.spec.top_k)
+    def __post_init__(self):
+        self.greedy = self.spec.temperature < GREEDY_EPS
+        self.filters = not self.greedy and (self.spec.top_p < 1.0 or 0 < self.spec.top_k)
+        self.ban_stops_until = self.spec.min_new_tokens if self.stop_ids else 0
 
 
 class Batcher:
@@ -282,12 +283,11 @@ class Batcher:
     def _sample_and_advance(self, reqs: list[Request], logits: torch.Tensor, sl: slice) -> None:
         """Sample one token for each of `reqs` (rows of `logits`, slots `sl`), then retire finished ones."""
         banned = None
-        for i, r in enumerate(reqs):
-            if len(r.out_ids) < r.spec.min_new_tokens and r.stop_ids:
-                if banned is None:
-                    banned = torch.zeros(logits.shape, dtype=torch.bool, device=logits.device)
-                banned[i, list(r.stop_ids)] = True
-        filtering = any(r.filters for r in reqs)
+        for i in [i for i, r in enumerate(reqs) if len(r.out_ids) < r.ban_stops_until]:
+            if banned is None:
+                banned = torch.zeros(logits.shape, dtype=torch.bool, device=logits.device)
+            banned[i, list(reqs[i].stop_ids)] = True
+        filtering = any([r.filters for r in reqs])
         tokens, logprobs = sample_next_tokens(
             logits,
             self._temp[sl],
@@ -295,21 +295,22 @@ class Batcher:
             top_p=self._top_p[sl] if filtering else None,
             top_k=self._top_k[sl] if filtering else None,
             banned=banned,
-            all_greedy=all(r.greedy for r in reqs),
+            all_greedy=all([r.greedy for r in reqs]),
             generator=self.generator,
         )
         self._last[sl] = tokens
         finished = []
+        room = self.context_length - 1
         for r, tok, lp in zip(reqs, tokens.tolist(), logprobs.tolist()):
-            r.out_ids.append(tok)
+            out = r.out_ids
+            out.append(tok)
             r.out_logprobs.append(lp)
-            n = len(r.out_ids)
-            if tok in r.stop_ids and n >= r.spec.min_new_tokens:
+            if tok in r.stop_ids and len(out) >= r.spec.min_new_tokens:
                 finished.append((r, {"type": "stop", "matched": tok}))
-            elif n >= r.spec.max_new_tokens:
+            elif len(out) >= r.spec.max_new_tokens:
                 finished.append((r, {"type": "length", "length": r.spec.max_new_tokens}))
-            elif r.cache_len + 1 >= self.context_length:  # no room for the next token's KV
-                finished.append((r, {"type": "length", "length": n}))
+            elif r.cache_len >= room:  # no room for the next token's KV
+                finished.append((r, {"type": "length", "length": len(out)}))
         self.counters["generated_tokens"] += len(reqs)
         if finished:
             self._release([r for r, _ in finished])
