@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import statistics
@@ -171,6 +172,7 @@ def bench_one(name: str, threads: int, args) -> dict:
     from transformers import AutoModelForCausalLM
 
     torch.set_num_threads(threads)  # NOTE: before the engine thread starts, which inherits it
+    load_before = os.getloadavg()[0]
     spec = MODELS[name]
     sampling = sampling_kwargs(args)
     with tempfile.TemporaryDirectory() as tmp:
@@ -222,6 +224,8 @@ def bench_one(name: str, threads: int, args) -> dict:
         # CPU time of the whole process: unlike wall time, not inflated while other work holds the cores.
         "cpu_ratio_median": statistics.median(r["cpu_ratio"] for r in reps),
         "logprob_max_abs_error": errors, "repetitions": reps,
+        # The 1-minute load average: above the threads used, other work shared the cores.
+        "load_avg": [load_before, os.getloadavg()[0]],
     }
 
 
