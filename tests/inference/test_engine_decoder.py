@@ -29,6 +29,9 @@ def _build(name: str):
         rope = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                 "original_max_position_embeddings": 16, "rope_theta": 10000.0}
         config = tf.LlamaConfig(**SMALL, attention_bias=True, mlp_bias=True, rope_parameters=rope)
+    elif name == "llama-dynamic-rope":  # frequencies follow the sequence length: the rotary module per step
+        rope = {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0}
+        config = tf.LlamaConfig(**SMALL, rope_parameters=rope)
     elif name == "mistral-mha":  # as many key/value heads as query heads
         config = tf.MistralConfig(**{**SMALL, "num_key_value_heads": 4}, sliding_window=None)
     else:
@@ -53,12 +56,13 @@ def _reference(model, seq: list[int]) -> torch.Tensor:
     return model(torch.tensor([seq])).logits[0, -1]
 
 
-@pytest.mark.parametrize("name", ["qwen2", "qwen3", "llama3-rope-biases", "mistral-mha"])
+@pytest.mark.parametrize("name", ["qwen2", "qwen3", "llama3-rope-biases", "llama-dynamic-rope", "mistral-mha"])
 def test_decoder_logits_equal_the_model_forward(name):
     model = _build(name)
     assert unsupported_reason(model) is None
     cache = SlotKVCache(model.config.num_hidden_layers, 5, 64, align=8)  # grows three times below
     decoder = Decoder(model, cache)
+    assert (decoder._rope is None) == (name == "llama-dynamic-rope")
     gen = torch.Generator().manual_seed(1)
     seqs = [torch.randint(0, 97, (n,), generator=gen).tolist() for n in (5, 13, 1)]
     late = [torch.randint(0, 97, (n,), generator=gen).tolist() for n in (9, 2)]
@@ -107,3 +111,46 @@ def test_engine_refuses_a_sliding_window_shorter_than_the_context(tmp_path):
         Engine(EngineConfig(model_path=str(tmp_path), skip_tokenizer_init=True, context_length=64))
     engine = Engine(EngineConfig(model_path=str(tmp_path), skip_tokenizer_init=True, context_length=16))
     assert engine.batch.decoder is not None
+
+
+def test_decoder_in_bfloat16_runs_the_same_math():
+    # bf16 rounds differently in every op order, so this checks dtypes flow (masks, softmax in
+    # float32, norms), not 1e-4 agreement: logits within bf16's few-percent reach of the model's.
+    model = _build("qwen2").to(torch.bfloat16)
+    cache = SlotKVCache(model.config.num_hidden_layers, 2, 32)
+    decoder = Decoder(model, cache)
+    seq = list(range(3, 14))
+    with torch.inference_mode():
+        cache.reserve(len(seq) + 1)
+        ids, positions, rows, width, last = _packed([seq[:-1]])
+        decoder.prefill(ids, positions, rows, 0, 1, width, last)
+        logits = decoder.decode(torch.tensor(seq[-1:]), torch.tensor([len(seq) - 1]), len(seq))
+        assert logits.dtype == torch.bfloat16
+        ref = _reference(model, seq).float()
+    assert (logits[0].float() - ref).abs().max() < 0.1 * ref.abs().max()
+    assert int(logits[0].argmax()) == int(ref.argmax())
+
+
+def test_weight_updates_in_place_reach_the_fused_projections():
+    model = _build("qwen2")
+    decoder = Decoder(model, SlotKVCache(model.config.num_hidden_layers, 1, 16))
+    seq = [5, 9, 2, 7]
+
+    def last_logits():
+        decoder.cache.clear()
+        decoder.cache.reserve(len(seq))
+        ids, positions, rows, width, last = _packed([seq])
+        return decoder.prefill(ids, positions, rows, 0, 1, width, last)[0]
+
+    with torch.inference_mode():
+        before = last_logits()
+        attn = model.model.layers[1].self_attn
+        # As weights.apply_named_tensors loads a checkpoint: a copy into each parameter's data.
+        attn.k_proj.weight.data.copy_(torch.randn_like(attn.k_proj.weight))
+        model.model.layers[0].mlp.up_proj.weight.data.mul_(1.5)
+        updated = last_logits()
+        torch.testing.assert_close(updated, _reference(model, seq), atol=1e-4, rtol=0)
+        assert (updated - before).abs().max() > 1e-2
+        # A parameter rebound to new storage (not an in-place update) is picked up too.
+        attn.v_proj.weight = torch.nn.Parameter(torch.randn_like(attn.v_proj.weight))
+        torch.testing.assert_close(last_logits(), _reference(model, seq), atol=1e-4, rtol=0)
