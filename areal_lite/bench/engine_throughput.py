@@ -262,7 +262,8 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{'ratio median':>14}{'range':>14}{'CPU ratio':>11}{'floor s':>9}{'bound':>8}{'logp err':>10}")
     for r in runs:
         err = max(r["logprob_max_abs_error"].values())
-        print(f"{r['model']:<12}{r['threads']:>8}{r['engine']['wall_s']:>10.2f}{r['generate_padded_batch']['wall_s']:>12.2f}"
+        print(f"{r['model']:<12}{r['threads']:>8}{r['engine']['wall_s']:>10.2f}"
+              f"{r['generate_padded_batch']['wall_s']:>12.2f}"
               f"{r['engine']['tokens_per_s']:>14,.0f}{r['ratio_median']:>13.2f}x"
               f"{r['ratio_min']:>7.2f}-{r['ratio_max']:.2f}{r['cpu_ratio_median']:>10.2f}x"
               f"{r['linear_floor_s']:>9.2f}{r['ratio_bound']:>7.2f}x{err:>10.1e}")

@@ -218,7 +218,8 @@ class Decoder:
             q = q.reshape(b * hkv, groups, d)
             k_all = keys[:b, :, :length].reshape(b * hkv, length, d)  # a view: slots and heads merge
             scores = torch.baddbmm(mask, q, k_all.transpose(1, 2), alpha=self.scaling)  # [B*Hkv, G, L]
-            return torch.bmm(softmax_float32(scores), values[:b, :, :length].reshape(b * hkv, length, d)).view(b, -1)  # [B, Hq * D]
+            v_all = values[:b, :, :length].reshape(b * hkv, length, d)
+            return torch.bmm(softmax_float32(scores), v_all).view(b, -1)  # [B, Hq * D]
 
         return self._logits(self._layers(ids, positions, attend))
 
