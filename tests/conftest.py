@@ -31,9 +31,30 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny random Qwen2 model with the project's byte-level tokenizer (built once per session)."""
-    from areal_lite.models.tiny import build_tiny_model_dir
+    from areal_lite.tiny.model import build_tiny_model_dir
 
     return build_tiny_model_dir(tmp_path_factory.mktemp("tiny_model") / "model")
+
+
+SERVER_ARGS = ["--context-length", "256", "--max-running-requests", "8", "--log-level", "warning"]
+
+
+@pytest.fixture(scope="session")
+def embedded_server(tiny_model_dir, tmp_path_factory):
+    """A shared embedded server (real HTTP) with a tokenizer; tests must leave its weights and pause state as found."""
+    from areal_lite.inference.embedded.local_server import start_local_server
+
+    log = tmp_path_factory.mktemp("server_logs") / "shared.log"
+    with start_local_server(tiny_model_dir, extra_args=SERVER_ARGS, log_path=log, startup_timeout=120) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def ref_model(tiny_model_dir):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
 
 
 @pytest.fixture(scope="session")

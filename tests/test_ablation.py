@@ -1,4 +1,4 @@
-"""`python -m areal_lite.ablation`: the six override sets, GPU spreading, dry runs, the table; one real short run."""
+"""`python -m areal_lite.tools.ablation`: the six override sets, GPU spreading, dry runs, the table; one real short run."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from areal_lite.ablation import Variant, assign_gpus, devices_per_run, markdown_table, run_overrides, summarize, variants
+from areal_lite.tools.ablation import Variant, assign_gpus, devices_per_run, markdown_table, run_overrides, summarize, variants
 from areal_lite.config import ConfigError, load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,7 +52,7 @@ def test_gpu_spreading():
 
 
 def _ablation(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "areal_lite.ablation", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "areal_lite.tools.ablation", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=REPO)
 
 

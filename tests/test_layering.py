@@ -16,11 +16,13 @@ ALLOWED = {
     "models": {"utils"},
     "data": {"utils"},
     "reward": {"utils"},
+    "envs": set(),  # text environments: gymnasium and numpy only
     "inference": {"utils", "algo", "config"},
-    "rollout": {"utils", "transport", "inference", "reward", "data"},
+    "rollout": {"utils", "transport", "inference", "reward", "data", "envs"},
     "trainer": {"utils", "algo", "transport", "inference", "config", "data", "models"},
     "launcher": {"utils", "config", "inference", "models"},
-    "bench": {"utils", "algo", "transport", "inference", "rollout", "trainer", "config", "models", "data", "reward"},
+    "bench": {"utils", "algo", "transport", "inference", "rollout", "trainer", "config", "models", "data", "reward",
+              "envs"},
 }
 # rollout and trainer meet only through transport messages; trainer may use the inference client only.
 ALLOWED_INFERENCE_FROM_TRAINER = {"areal_lite.inference.client"}

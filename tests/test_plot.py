@@ -1,4 +1,4 @@
-"""`python -m areal_lite.plot`: a PNG of reward, eval accuracy, staleness and throughput from metrics.jsonl."""
+"""`python -m areal_lite.tools.plot`: a PNG of reward, eval accuracy, staleness and throughput from metrics.jsonl."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from areal_lite.plot import eval_series, main, moving_average, read_metrics, summary
+from areal_lite.tools.plot import eval_series, main, moving_average, read_metrics, summary
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -37,7 +37,7 @@ def write_run(path, steps=20, *, eval_every=5, torn_tail=False):
 def test_cli_writes_png_and_prints_summary(tmp_path):
     run = write_run(tmp_path / "run", torn_tail=True)
     out = tmp_path / "img" / "curves.png"
-    proc = subprocess.run([sys.executable, "-m", "areal_lite.plot", str(run), "--out", str(out)],
+    proc = subprocess.run([sys.executable, "-m", "areal_lite.tools.plot", str(run), "--out", str(out)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     data = out.read_bytes()

@@ -5,7 +5,18 @@ dict where the caller logs or aggregates something); functions that communicate 
 torch.distributed process group as an explicit `group` argument.
 """
 
+from areal_lite.algo.advantages import (
+    discounted_returns,
+    gae,
+    gpg_advantages,
+    outcome_token_rewards,
+    passk_advantages,
+    reinforce_pp_advantages,
+    reinforce_pp_baseline_advantages,
+    remax_advantages,
+)
 from areal_lite.algo.entropy_shaping import entropy_shaped_advantages, grpo_s_rewards, gtpo_token_rewards
+from areal_lite.algo.group_filter import filter_loss_scale, group_scores, rollout_filter, select_groups
 from areal_lite.algo.groups import group_index, group_std
 from areal_lite.algo.logprob import DEFAULT_CHUNK_SIZE, logprobs_and_entropy, logprobs_and_entropy_naive
 from areal_lite.algo.loss import (
@@ -17,17 +28,38 @@ from areal_lite.algo.loss import (
     reduce_loss,
 )
 from areal_lite.algo.normalize import normalize
+from areal_lite.algo.offpolicy import prox_logp_loglinear, sequence_is_weights
 from areal_lite.algo.options import (
+    ADV_ESTIMATORS,
     ADV_WEIGHTINGS,
     BEHAV_WEIGHT_MODES,
     ENTROPY_SHAPING_MODES,
+    FILTER_LOSS_SCALINGS,
+    FILTER_METRICS,
+    FILTER_STRATEGIES,
+    FILTER_TOP_P_MODES,
+    FILTER_TYPES,
     KL_ESTIMATORS,
     LOSS_REDUCTION_ALIASES,
     LOSS_REDUCTIONS,
     NORM_LEVELS,
+    POLICY_LOSSES,
+    PROX_LOGP_METHODS,
     RATIO_LEVELS,
+    SEQ_IS_AGGS,
+    SEQ_IS_MODES,
     parse_loss_reduction,
     parse_option,
+)
+from areal_lite.algo.policy_losses import (
+    cispo_loss,
+    clip_cov_loss,
+    entropy_bonus,
+    gmpo_loss,
+    kl_cov_loss,
+    reinforce_loss,
+    sapo_loss,
+    top_entropy_mask,
 )
 from areal_lite.algo.rewards import (
     drop_all_equal_groups,
@@ -39,35 +71,67 @@ from areal_lite.algo.rewards import (
 )
 
 __all__ = [
+    "ADV_ESTIMATORS",
     "ADV_WEIGHTINGS",
     "BEHAV_WEIGHT_MODES",
     "DEFAULT_CHUNK_SIZE",
     "ENTROPY_SHAPING_MODES",
+    "FILTER_LOSS_SCALINGS",
+    "FILTER_METRICS",
+    "FILTER_STRATEGIES",
+    "FILTER_TOP_P_MODES",
+    "FILTER_TYPES",
     "KL_ESTIMATORS",
     "LOSS_REDUCTIONS",
     "LOSS_REDUCTION_ALIASES",
     "NORM_LEVELS",
+    "POLICY_LOSSES",
+    "PROX_LOGP_METHODS",
     "RATIO_LEVELS",
+    "SEQ_IS_AGGS",
+    "SEQ_IS_MODES",
     "aggregate_stats",
+    "cispo_loss",
+    "clip_cov_loss",
+    "discounted_returns",
     "drop_all_equal_groups",
+    "entropy_bonus",
     "entropy_shaped_advantages",
+    "filter_loss_scale",
+    "gae",
+    "gmpo_loss",
+    "gpg_advantages",
     "group_index",
+    "group_scores",
     "group_std",
     "grpo_s_rewards",
     "gtpo_token_rewards",
+    "kl_cov_loss",
     "kl_estimate",
     "kl_reward_to_go",
     "logprobs_and_entropy",
     "logprobs_and_entropy_naive",
     "loss_counts",
     "normalize",
+    "outcome_token_rewards",
     "overlong_penalty",
     "parse_loss_reduction",
     "parse_option",
+    "passk_advantages",
     "policy_loss",
+    "prox_logp_loglinear",
     "reduce_loss",
+    "reinforce_loss",
+    "reinforce_pp_advantages",
+    "reinforce_pp_baseline_advantages",
+    "remax_advantages",
+    "rollout_filter",
+    "sapo_loss",
+    "select_groups",
+    "sequence_is_weights",
     "shape_rewards",
     "soft_reweight",
     "soft_reweight_weights",
+    "top_entropy_mask",
     "top_k_groups_by_std",
 ]

@@ -5,10 +5,16 @@
     mean = 0                             mean_level = "none"
 
 `mean` is the mean of the element's `mean_level` set (its group or the whole batch); with
-`leave_one_out`, the mean of the *other* members of that set. `std` is the standard deviation of the
-raw values of the element's `std_level` set around that set's own mean (unbiased n−1 or biased n).
-A set with fewer than 2 members has leave-one-out mean 0 and std 1. For `[B, T]` input every
-statistic counts masked tokens (token-weighted); for `[B]` input it counts sequences.
+`leave_one_out`, the mean of the *other* members of that set. `std` is taken around the mean
+actually subtracted, over the element's `std_level` set S (AReaL's `Normalization`):
+
+    std = sqrt( Σ_{j∈S} (x_j − mean_j)² / (n_S − 1) )     (unbiased; n_S for biased)
+
+so every level combination is well defined: an all-equal group under batch/group or none/group is
+scaled by its own spread around the subtracted mean, never divided by eps alone. A set with fewer
+than 2 members has leave-one-out mean 0; a std whose divisor (n_S − 1, or n_S) is 0 is 1. For
+`[B, T]` input every statistic counts masked tokens (token-weighted); for `[B]` input it counts
+sequences.
 """
 
 from __future__ import annotations
@@ -90,10 +96,11 @@ def normalize(
     if std_level == "none":
         out = x - mean
     else:
-        elem, n, s, num = level_stats(std_level)
-        own_mean = (s / n.clamp(min=1))[elem]
-        ss = scatter_sum(((x - own_mean) * mf) ** 2, elem, num, group)
+        elem, n, _, num = level_stats(std_level)
+        centred = x - mean
+        # NOTE: around the subtracted mean, not the std set's own mean (module docstring).
+        ss = scatter_sum((centred * mf) ** 2, elem, num, group)
         denom = (n - 1) if unbiased else n
-        std = torch.where(n >= 2, (ss / denom.clamp(min=1)).sqrt(), 1.0)
-        out = (x - mean) / (std[elem] + eps)
+        std = torch.where(denom >= 1, (ss / denom.clamp(min=1)).sqrt(), 1.0)
+        out = centred / (std[elem] + eps)
     return torch.where(m, out, 0.0).to(out_dtype)

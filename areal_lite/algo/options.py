@@ -22,6 +22,21 @@ BEHAV_WEIGHT_MODES = ("mask", "clamp")
 RATIO_LEVELS = ("token", "sequence")
 ADV_WEIGHTINGS = ("sequence", "token")
 ENTROPY_SHAPING_MODES = ("none", "token", "sequence")
+# Policy loss forms (loss.policy_loss is "ppo"; the others live in policy_losses).
+POLICY_LOSSES = ("ppo", "cispo", "sapo", "gmpo", "reinforce", "clip_cov", "kl_cov")
+# Advantage estimators: "normalize" is group/batch normalisation (normalize); the rest in advantages.
+ADV_ESTIMATORS = ("normalize", "reinforce_pp", "reinforce_pp_baseline", "remax", "passk", "gpg", "gae")
+# Sequence-level importance weights (offpolicy.sequence_is_weights).
+SEQ_IS_AGGS = ("product", "geometric")
+SEQ_IS_MODES = ("truncate", "mask")
+# Proximal log-probs: recomputed by a forward pass, or AReaL's log-linear approximation.
+PROX_LOGP_METHODS = ("recompute", "loglinear")
+# RAGEN rollout filtering (group_filter).
+FILTER_STRATEGIES = ("top_p", "top_k", "top_k_abs", "min_p")
+FILTER_TYPES = ("largest", "smallest")
+FILTER_METRICS = ("reward_std", "reward_mean", "reward_sum", "length")
+FILTER_TOP_P_MODES = ("linear", "softmax")
+FILTER_LOSS_SCALINGS = ("none", "linear", "sqrt")
 
 
 def parse_option(value: object, choices: tuple[str, ...], name: str) -> str:

@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Dict, List, Optional
 
+from areal_lite.config.placement import GpuPlacement, place_gpus
+
 # Option sets. The algorithm library validates the same names; these mirror it for the config layer
 # (the config layer may not import the algorithm layer's torch code at CLI start-up).
 NORM_LEVELS = ("group", "batch", "none")
@@ -76,6 +78,11 @@ class TrainerAllocation:
 @dataclass
 class AllocationConfig:
     device: str = _f("cpu", "Device type of the run.", ("cpu", "cuda"))
+    colocate: bool = _f(
+        False,
+        "GPU only: servers run on the trainer's GPUs (num_servers x tp_size = trainer ranks), e.g. one GPU "
+        "shared by one server and the trainer. Off: servers and trainer get GPUs of their own.",
+    )
     inference: InferenceAllocation = _f(factory=InferenceAllocation, help="Inference servers.")
     rollout: RolloutAllocation = _f(factory=RolloutAllocation, help="Rollout workers.")
     trainer: TrainerAllocation = _f(factory=TrainerAllocation, help="Trainer (torchrun) layout.")
@@ -200,7 +207,12 @@ class EntropyShapingConfig:
 @dataclass
 class ActorConfig:
     path: str = _f("", "Model directory (any transformers causal LM). Built first when `prepare` says so.")
-    dtype: str = _f("float32", "Parameter dtype on CPU; on GPU bf16 mixed precision is used.", ("float32", "bfloat16"))
+    dtype: str = _f(
+        "float32",
+        "Master parameters and optimizer state. On GPU forward/backward compute in bf16 either way (FSDP mixed "
+        "precision); float32 keeps updates of lr ~1e-6 that bfloat16 parameters would round away.",
+        ("float32", "bfloat16"),
+    )
     gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass.")
     optimizer: OptimizerConfig = _f(factory=OptimizerConfig, help="AdamW and its schedule.")
     mb_spec: MicroBatchSpec = _f(factory=MicroBatchSpec, help="Micro-batch packing.")
@@ -252,7 +264,12 @@ class ActorConfig:
 class ServerConfig:
     context_length: int = _f(1024, "Longest prompt + answer a server accepts, in tokens.")
     max_running_requests: int = _f(64, "Requests decoded together (continuous batching).")
-    dtype: str = _f("auto", "Inference dtype.", ("auto", "float32", "bfloat16", "float16"))
+    dtype: str = _f(
+        "auto",
+        "Serving dtype: what servers run in and what weight syncs and saved checkpoints carry (auto: bfloat16 "
+        "on GPU, float32 on CPU).",
+        ("auto", "float32", "bfloat16", "float16"),
+    )
     startup_timeout: float = _f(300.0, "Seconds to wait for a server's /health.")
     debug_step_delay_s: float = _f(
         0.0, "Testing only: the embedded engine sleeps this long after every decode step, i.e. per generated "
@@ -262,7 +279,9 @@ class ServerConfig:
 
 @dataclass
 class SGLangConfig:
-    mem_fraction_static: float = _f(0.8, "SGLang --mem-fraction-static.")
+    mem_fraction_static: Optional[float] = _f(
+        None, "SGLang --mem-fraction-static; null: 0.8, or 0.4 when colocated with the trainer (allocation.colocate)."
+    )
     context_length: Optional[int] = _f(None, "SGLang --context-length; null: server.context_length.")
     attention_backend: Optional[str] = _f(None, "SGLang --attention-backend (null: SGLang's default).")
     chunked_prefill_size: Optional[int] = _f(None, "SGLang --chunked-prefill-size.")
@@ -421,6 +440,30 @@ def resolved_max_concurrent_rollouts(cfg: ExperimentConfig) -> int:
     if cfg.rollout.max_concurrent_rollouts > 0:
         return cfg.rollout.max_concurrent_rollouts
     return cfg.train_dataset.batch_size * (cfg.rollout.max_head_offpolicyness + 1)
+
+
+def resolved_serving_dtype(cfg: ExperimentConfig) -> str:
+    """The dtype servers run in and weights are sent and saved in: `server.dtype`, where `auto` is
+    bfloat16 on GPU and float32 on CPU (where bf16 is emulated on most processors)."""
+    if cfg.server.dtype != "auto":
+        return cfg.server.dtype
+    return "bfloat16" if cfg.allocation.device == "cuda" else "float32"
+
+
+def resolved_mem_fraction(cfg: ExperimentConfig) -> float:
+    """SGLang's share of its GPUs' memory: the configured one, else 0.8 (own GPUs) or 0.4 (colocated)."""
+    if cfg.sglang.mem_fraction_static is not None:
+        return float(cfg.sglang.mem_fraction_static)
+    return 0.4 if cfg.allocation.colocate else 0.8
+
+
+def gpu_placement(cfg: ExperimentConfig) -> GpuPlacement:
+    """The GPUs of every server and trainer node (`areal_lite.config.placement`); PlacementError if none fits."""
+    al, t = cfg.allocation, cfg.allocation.trainer
+    return place_gpus(n_nodes=cfg.cluster.n_nodes, gpus_per_node=cfg.cluster.n_gpus_per_node,
+                      num_servers=al.inference.num_servers,
+                      tp_size=al.inference.tp_size if al.inference.backend == "sglang" else 1,
+                      trainer_nnodes=t.nnodes, trainer_nproc=t.nproc_per_node, colocate=al.colocate)
 
 
 def resolved_trainer_world_size(cfg: ExperimentConfig) -> int:

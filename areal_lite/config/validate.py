@@ -7,11 +7,12 @@ preflight, not here: a config is validated the same way on a laptop and on a log
 from __future__ import annotations
 
 import math
-from dataclasses import fields, is_dataclass
+from dataclasses import fields, is_dataclass, replace
 from typing import Any
 
 from areal_lite.config.loader import ConfigError
-from areal_lite.config.schema import ExperimentConfig, resolved_loss_norm_constant
+from areal_lite.config.placement import PlacementError
+from areal_lite.config.schema import ExperimentConfig, gpu_placement, resolved_loss_norm_constant
 
 
 def validate(cfg: Any) -> None:
@@ -89,25 +90,21 @@ def _check_experiment(cfg: ExperimentConfig) -> None:
         )
     if al.device == "cuda":
         _require(cfg.cluster.n_gpus_per_node >= 1, "cluster.n_gpus_per_node", "allocation.device=cuda needs GPUs")
-        gpus = cfg.cluster.n_nodes * cfg.cluster.n_gpus_per_node
-        per_server = al.inference.tp_size if al.inference.backend == "sglang" else 1
-        need = al.inference.num_servers * per_server + al.trainer.nnodes * al.trainer.nproc_per_node
-        _require(
-            need <= gpus,
-            "allocation",
-            f"needs {need} GPUs ({al.inference.num_servers} servers x {per_server} + "
-            f"{al.trainer.nnodes * al.trainer.nproc_per_node} trainer ranks) but the cluster has {gpus}",
-        )
-        _require(
-            al.trainer.nproc_per_node <= cfg.cluster.n_gpus_per_node,
-            "allocation.trainer.nproc_per_node",
-            f"{al.trainer.nproc_per_node} ranks per node exceed cluster.n_gpus_per_node={cfg.cluster.n_gpus_per_node}",
-        )
-        _require(
-            per_server <= cfg.cluster.n_gpus_per_node,
-            "allocation.inference.tp_size",
-            f"tp_size {per_server} exceeds cluster.n_gpus_per_node={cfg.cluster.n_gpus_per_node}",
-        )
+        try:
+            gpu_placement(cfg)
+        except PlacementError as e:
+            hint = ""
+            if not al.colocate:
+                try:
+                    gpu_placement(replace(cfg, allocation=replace(al, colocate=True)))
+                    hint = "; to share GPUs between servers and trainer set allocation.colocate=true"
+                except PlacementError:
+                    pass
+            raise ConfigError(f"allocation: {e} (cluster: {cfg.cluster.n_nodes} node(s) x "
+                              f"{cfg.cluster.n_gpus_per_node} GPUs){hint}") from None
+    else:
+        _require(not al.colocate, "allocation.colocate",
+                 "colocation is for GPUs; on CPU every process already shares the machine (set it false)")
 
     # Data and generation
     ds, g = cfg.train_dataset, cfg.gconfig

@@ -355,7 +355,7 @@ class ServerAdmin:
         )
 
     def server_info(self) -> list[dict]:
-        return self.call_all("/get_server_info", method="GET")
+        return self.call_all("/server_info", method="GET")  # /get_server_info is deprecated in SGLang
 
     def healthy(self) -> list[bool]:
         async def probe() -> list[bool]:

@@ -107,7 +107,7 @@ def run_prepare(cfg: ExperimentConfig, config_path: str, log_path: str, *, env: 
     print(f"[launcher] preparing the model at {cfg.actor.path} (log: {log_path})", flush=True)
     with open(log_path, "ab") as log:
         rc = subprocess.call(
-            [sys.executable, "-m", "areal_lite.trainer.prepare", "--config", config_path],
+            [sys.executable, "-m", "areal_lite.tiny.prepare", "--config", config_path],
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},

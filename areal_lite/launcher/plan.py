@@ -15,7 +15,15 @@ import sys
 import uuid
 from dataclasses import dataclass, field
 
-from areal_lite.config.schema import ExperimentConfig, resolved_trainer_world_size, run_dir
+from areal_lite.config.placement import server_ranks
+from areal_lite.config.schema import (
+    ExperimentConfig,
+    gpu_placement,
+    resolved_mem_fraction,
+    resolved_serving_dtype,
+    resolved_trainer_world_size,
+    run_dir,
+)
 from areal_lite.utils.net import free_port
 from areal_lite.utils.runenv import ENV_API_KEY, RunEnv, redact_env
 
@@ -39,11 +47,14 @@ class ProcessSpec:
     devices: list[int] = field(default_factory=list)
     port: int | None = None  # HTTP port of a server
     health_url: str | None = None
+    weight_ranks: list[int] = field(default_factory=list)  # a server's ranks in the weight-update group
 
     def describe(self) -> str:
         env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(redact_env(self.env).items()))
         devices = ",".join(map(str, self.devices)) if self.devices else "-"
-        return f"[{self.name}] role={self.role} host={self.host} devices={devices}\n  env: {env}\n  cmd: {shlex.join(self.cmd)}"
+        ranks = f" weight_ranks={','.join(map(str, self.weight_ranks))}" if self.weight_ranks else ""
+        return (f"[{self.name}] role={self.role} host={self.host} devices={devices}{ranks}\n  env: {env}\n"
+                f"  cmd: {shlex.join(self.cmd)}")
 
 
 @dataclass
@@ -115,20 +126,22 @@ def server_command(cfg: ExperimentConfig, *, host: str, port: int, seed: int, we
     if cfg.allocation.inference.backend == "sglang":
         from areal_lite.inference.sglang import build_sglang_command
 
-        cmd = build_sglang_command(cfg, model_path=path, host=host, port=port, seed=seed)
+        cmd = build_sglang_command(cfg.sglang, cfg.server, model_path=path, host=host, port=port, seed=seed,
+                                   tp_size=cfg.allocation.inference.tp_size, mem_fraction=resolved_mem_fraction(cfg),
+                                   dtype=resolved_serving_dtype(cfg), weight_version=weight_version)
         # SGLang takes its key only as `--api-key`; add it from the environment inside the process
         # so that it never shows on a command line (`ps` lists those to every user).
         return [cmd[0], "-c", SGLANG_WITH_ENV_KEY, *cmd[3:]] if multi_host(cfg) else cmd
     slow = ["--debug-step-delay", str(cfg.server.debug_step_delay_s)] if cfg.server.debug_step_delay_s > 0 else []
     return [
-        sys.executable, "-m", "areal_lite.inference.launch_server",
+        sys.executable, "-m", "areal_lite.inference.embedded.launch_server",
         "--model-path", path,
         "--host", host,
         "--port", str(port),
         "--skip-tokenizer-init",
         "--context-length", str(cfg.server.context_length),
         "--max-running-requests", str(cfg.server.max_running_requests),
-        "--dtype", cfg.server.dtype,
+        "--dtype", resolved_serving_dtype(cfg),
         "--random-seed", str(seed),
         "--device", cfg.allocation.device,
         "--weight-version", str(weight_version),
@@ -180,8 +193,9 @@ def build_plan(
 ) -> Plan:
     """Place servers, trainer ranks and rollout workers on `hosts` (default: this machine).
 
-    GPU placement per node: inference servers first (tp_size devices each), then trainer ranks on
-    whole nodes after the servers' nodes fill up; on CPU everything shares the node.
+    GPU placement: `areal_lite.config.placement` (servers first, tp_size devices each; the trainer on
+    nodes with enough free devices for all its ranks; or colocated on the trainer's devices); on CPU
+    everything shares the node.
     """
     hosts = hosts or ["localhost"]
     ports = ports or PortPicker()
@@ -195,7 +209,6 @@ def build_plan(
     bind = cfg.cluster.bind_host
     al = cfg.allocation
     gpu = al.device == "cuda"
-    gpus_per_node = cfg.cluster.n_gpus_per_node
     threads = str(torch_threads(cfg, cores))
 
     base_env = {
@@ -203,22 +216,22 @@ def build_plan(
         "TOKENIZERS_PARALLELISM": "false",
         "PYTHONUNBUFFERED": "1",
         "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-        **{k: str(v) for k, v in cfg.launcher.env.items()},
     }
-
-    # Device slots: (node index, device index) in fill order.
-    slots = [(n, d) for n in range(len(hosts)) for d in range(gpus_per_node)] if gpu else []
+    if gpu:
+        # SGLang sets both to 0 in its servers unless they are set; the trainer's side of the NCCL
+        # weight-update group must agree, and a colocated trainer fragments less with expandable segments.
+        base_env.update(NCCL_CUMEM_ENABLE="0", NCCL_NVLS_ENABLE="0",
+                        PYTORCH_CUDA_ALLOC_CONF="expandable_segments:True")
+    base_env.update({k: str(v) for k, v in cfg.launcher.env.items()})
+    placement = gpu_placement(cfg) if gpu else None
 
     servers: list[ProcessSpec] = []
     urls: list[str] = []
-    per_server = al.inference.tp_size if (gpu and al.inference.backend == "sglang") else (1 if gpu else 0)
+    tp = al.inference.tp_size
+    offsets, _ = server_ranks(al.inference.num_servers, tp)
+    distributed = cfg.actor.weight_update_mode == "distributed"
     for i in range(al.inference.num_servers):
-        devices: list[int] = []
-        node = 0
-        if gpu:
-            take, slots = slots[:per_server], slots[per_server:]
-            node = take[0][0]
-            devices = [d for _, d in take]
+        node, devices = placement.servers[i] if placement else (0, [])
         host = hosts[node]
         port = ports()
         url_host = "127.0.0.1" if host == "localhost" else host
@@ -230,16 +243,14 @@ def build_plan(
         cmd = server_command(cfg, host=bind, port=port, seed=cfg.seed * 1000 + i, weights_dir=weights_dir)
         url = f"http://{url_host}:{port}"
         urls.append(url)
-        servers.append(ProcessSpec(f"server{i}", "server", cmd, env, host, node, devices, port, f"{url}/health"))
+        ranks = list(range(offsets[i], offsets[i] + tp)) if distributed else []
+        servers.append(ProcessSpec(f"server{i}", "server", cmd, env, host, node, devices, port, f"{url}/health",
+                                   ranks))
 
-    # Trainer: whole nodes after the servers (GPU), or node 0 (CPU).
+    # Trainer: the placement's nodes (GPU), or the first nodes (CPU).
     t = al.trainer
-    trainer_nodes = list(range(len(hosts)))
-    if gpu:
-        used_nodes = sorted({n for n, _ in slots})
-        trainer_nodes = used_nodes[: t.nnodes] if len(used_nodes) >= t.nnodes else trainer_nodes[-t.nnodes:]
-    else:
-        trainer_nodes = trainer_nodes[: t.nnodes]
+    trainer_devices = placement.trainer if placement else [(n, []) for n in range(t.nnodes)]
+    trainer_nodes = [n for n, _ in trainer_devices]
     head = trainer_nodes[0]
     head_host = "127.0.0.1" if hosts[head] == "localhost" else hosts[head]
     traj_port, ctrl_port, pub_port, master_port, sync_port = ports(), ports(), ports(), ports(), ports()
@@ -257,10 +268,7 @@ def build_plan(
         weight_sync_port=sync_port,
     )
     trainers: list[ProcessSpec] = []
-    for k, node in enumerate(trainer_nodes):
-        devices: list[int] = []
-        if gpu:
-            devices = [d for n, d in slots if n == node][: t.nproc_per_node]
+    for k, (node, devices) in enumerate(trainer_devices):
         env = {**base_env, **run_env.to_environ()}
         if gpu:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, devices))

@@ -18,7 +18,7 @@ from typing import Any, Awaitable, Callable, Protocol, Sequence
 import numpy as np
 
 from areal_lite.inference.client import GenerationResult, InferenceClient, SamplingParams
-from areal_lite.rollout.reward import RewardPool
+from areal_lite.rollout.reward_pool import RewardPool
 
 
 class RewardFailure(Exception):

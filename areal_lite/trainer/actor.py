@@ -33,12 +33,12 @@ class Advantages:
     stats: dict[str, float]
 
 
-def _allreduce_sum(x: np.ndarray) -> np.ndarray:
-    """Sum of a per-token array over ranks (each rank filled only its own sequences)."""
-    if dist.get_world_size() == 1:
+def _allreduce_sum(x: np.ndarray, group: dist.ProcessGroup) -> np.ndarray:
+    """Sum of a per-token array over the ranks of `group` (each rank filled only its own sequences)."""
+    if dist.get_world_size(group) == 1:
         return x
     t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-    dist.all_reduce(t)
+    dist.all_reduce(t, group=group)
     return t.numpy()
 
 
@@ -60,7 +60,7 @@ class PPOActor:
 
     def compute_logp(self, engine, batch: SeqBatch) -> np.ndarray:
         """Log-probs of every token under `engine`'s current weights, gathered on all ranks ([N])."""
-        return _allreduce_sum(engine.forward_logp(batch, self.layout(engine, batch)))
+        return _allreduce_sum(engine.forward_logp(batch, self.layout(engine, batch)), engine.dist.cpu_group)
 
     @property
     def needs_entropy(self) -> bool:
@@ -78,9 +78,9 @@ class PPOActor:
             return None, None
         my_mbs = self.layout(engine, batch)
         if not want_ent:
-            return _allreduce_sum(engine.forward_logp(batch, my_mbs)), None
+            return _allreduce_sum(engine.forward_logp(batch, my_mbs), engine.dist.cpu_group), None
         logp, ent = engine.forward_logp(batch, my_mbs, with_entropy=True)
-        both = _allreduce_sum(np.concatenate([logp, ent]))
+        both = _allreduce_sum(np.concatenate([logp, ent]), engine.dist.cpu_group)
         n = logp.shape[0]
         return (both[:n] if want_logp else None), both[n:]
 
@@ -259,7 +259,7 @@ class PPOActor:
                 else:
                     totals[k] = totals.get(k, 0.0) + v
         totals["update_s"] = time.perf_counter() - t0
-        return self._finalize_stats(totals, maxima, len(minibatches))
+        return self._finalize_stats(totals, maxima, len(minibatches), engine.dist.cpu_group)
 
     def _loss(self, batch, mb, logp, entropy, old_logp, behav, ref_logp, token_adv, total_tokens, total_seqs):
         c = self.cfg
@@ -295,29 +295,31 @@ class PPOActor:
         stats["real_tokens"] = float(mb.num_real_tokens)
         return loss, stats
 
-    def _finalize_stats(self, totals: dict[str, float], maxima: dict[str, float], n_minibatches: int) -> dict:
+    def _finalize_stats(self, totals: dict[str, float], maxima: dict[str, float], n_minibatches: int,
+                        group: dist.ProcessGroup) -> dict:
         """Sum statistics over ranks, then turn sums into the per-step metrics."""
         keys = sorted(totals)
-        if dist.get_world_size() > 1 and keys:
+        world = dist.get_world_size(group)
+        if world > 1 and keys:
             t = torch.tensor([totals[k] for k in keys], dtype=torch.float64)
-            dist.all_reduce(t)
+            dist.all_reduce(t, group=group)
             totals = dict(zip(keys, t.tolist()))
             mkeys = sorted(maxima)
             if mkeys:
                 m = torch.tensor([maxima[k] for k in mkeys], dtype=torch.float64)
-                dist.all_reduce(m, op=dist.ReduceOp.MAX)
+                dist.all_reduce(m, op=dist.ReduceOp.MAX, group=group)
                 maxima = dict(zip(mkeys, m.tolist()))
         n_tok = max(totals.get("n_tokens", 0.0), 1.0)
         out = {
             "loss": totals.get("loss", 0.0) / max(n_minibatches, 1),
-            "grad_norm": totals.get("grad_norm", 0.0) / max(n_minibatches * dist.get_world_size(), 1),
-            "lr": totals.get("lr", 0.0) / max(n_minibatches * dist.get_world_size(), 1),
+            "grad_norm": totals.get("grad_norm", 0.0) / max(n_minibatches * world, 1),
+            "lr": totals.get("lr", 0.0) / max(n_minibatches * world, 1),
             "entropy": totals.get("entropy_sum", 0.0) / n_tok,
             "train/trained_tokens": totals.get("n_tokens", 0.0) / max(n_minibatches, 1) * n_minibatches,
             "perf/padding_waste": 1.0 - totals.get("real_tokens", 0.0) / max(totals.get("model_tokens", 1.0), 1.0),
             # Sequence tokens through forward + backward + optimizer, per second of the update (all ranks).
             "perf/trained_tokens_per_s": totals.get("real_tokens", 0.0)
-            / max(totals.get("update_s", 0.0) / dist.get_world_size(), 1e-9),
+            / max(totals.get("update_s", 0.0) / world, 1e-9),
         }
         for k, v in totals.items():
             if k == "update_s":

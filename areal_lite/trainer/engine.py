@@ -1,8 +1,12 @@
 """The FSDP2 training engine: any transformers causal LM, sharded with `fully_shard`.
 
-gloo on CPU, NCCL on GPU (bf16 mixed precision there), AdamW with warmup and a constant, cosine or
-linear schedule, gradient clipping, optional gradient checkpointing. The engine knows nothing about
-RL: `train_minibatch` takes a loss callable, `forward_logp` returns per-token log-probs.
+gloo on CPU, NCCL on GPU, AdamW with warmup and a constant, cosine or linear schedule, gradient
+clipping, optional gradient checkpointing. The engine knows nothing about RL: `train_minibatch` takes
+a loss callable, `forward_logp` returns per-token log-probs.
+
+Dtypes: the master parameters and the optimizer state are `spec.dtype` (float32 by default); on GPU
+forward and backward compute in bf16 (FSDP mixed precision, gradients reduced in fp32). Weights leave
+the engine (`full_state_dict`, weight sync, HF checkpoints) in `spec.export_dtype`, the serving dtype.
 
 All ranks must run the same number of forward/backward passes (FSDP all-gathers inside forward are
 collectives); a rank with fewer micro-batches than another runs empty ones, whose loss is zero.
@@ -12,40 +16,22 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import shutil
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from areal_lite.algo import logprobs_and_entropy
 from areal_lite.trainer.batch import MicroBatch, SeqBatch, build_microbatch, chunk_microbatches, pack_microbatches
+from areal_lite.utils.distributed import TrainerDist
+from areal_lite.utils.hf import save_hf_dir, torch_dtype
 
 logger = logging.getLogger("areal_lite.engine")
 
 LossFn = Callable[[torch.Tensor, torch.Tensor | None, MicroBatch], tuple[torch.Tensor, dict[str, float]]]
-
-
-def init_distributed(device_type: str, timeout_s: float = 1800.0) -> tuple[int, int, torch.device]:
-    """Join the torchrun process group (gloo on CPU, NCCL on GPU); returns (rank, world size, device)."""
-    from datetime import timedelta
-
-    backend = "nccl" if device_type == "cuda" else "gloo"
-    if not dist.is_initialized():
-        dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
-    rank, world = dist.get_rank(), dist.get_world_size()
-    if device_type == "cuda":
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
-    else:
-        device = torch.device("cpu")
-    return rank, world, device
 
 
 @dataclass
@@ -54,6 +40,7 @@ class EngineSpec:
 
     path: str
     dtype: str = "float32"
+    export_dtype: str = ""  # dtype of weights sent to servers and saved for users ("": dtype)
     gradient_checkpointing: bool = False
     lr: float = 1e-5
     weight_decay: float = 0.01
@@ -71,11 +58,12 @@ class EngineSpec:
     logp_chunk_size: int = 1024
 
     @classmethod
-    def from_actor(cls, actor, temperature: float) -> "EngineSpec":
+    def from_actor(cls, actor, temperature: float, export_dtype: str = "") -> "EngineSpec":
         o = actor.optimizer
         return cls(
             path=actor.path,
             dtype=actor.dtype,
+            export_dtype=export_dtype,
             gradient_checkpointing=actor.gradient_checkpointing,
             lr=o.lr,
             weight_decay=o.weight_decay,
@@ -110,12 +98,13 @@ def lr_lambda(kind: str, total: int, warmup: int, min_ratio: float) -> Callable[
 
 
 class FSDPEngine:
-    def __init__(self, spec: EngineSpec, *, device: torch.device, total_optimizer_steps: int):
+    def __init__(self, spec: EngineSpec, dist_ctx: TrainerDist, *, total_optimizer_steps: int):
         self.spec = spec
-        self.device = device
+        self.dist = dist_ctx
+        self.device = dist_ctx.device
         self.total_optimizer_steps = max(1, total_optimizer_steps)
-        self.rank = dist.get_rank()
-        self.world_size = dist.get_world_size()
+        self.rank = dist_ctx.rank
+        self.world_size = dist_ctx.world_size
         self.model: torch.nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
@@ -127,19 +116,16 @@ class FSDPEngine:
     def initialize(self, *, with_optimizer: bool = True) -> None:
         from transformers import AutoModelForCausalLM
 
-        dtype = torch.bfloat16 if self.spec.dtype == "bfloat16" else torch.float32
-        if self.device.type == "cuda":
-            dtype = torch.float32  # master weights; compute in bf16 through the mixed-precision policy
-        model = AutoModelForCausalLM.from_pretrained(self.spec.path, dtype=dtype, attn_implementation="sdpa")
+        model = AutoModelForCausalLM.from_pretrained(self.spec.path, dtype=torch_dtype(self.spec.dtype),
+                                                     attn_implementation="sdpa")
         model.config.use_cache = False
         if self.spec.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        mp = None
+        kwargs: dict = {"mesh": self.dist.mesh}
         if self.device.type == "cuda":
-            mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-        kwargs = {"mp_policy": mp} if mp is not None else {}
-        if self.device.type == "cuda":
-            model.to(self.device)
+            kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        # NOTE: the model stays on CPU here: `fully_shard` moves one block at a time to the device and
+        # keeps only this rank's shard there, so no rank ever holds the whole model on its GPU.
         for layer in _decoder_layers(model):
             fully_shard(layer, **kwargs)
         fully_shard(model, **kwargs)
@@ -301,29 +287,26 @@ class FSDPEngine:
 
     # ------------------------------------------------------------------ weights out
 
+    @property
+    def export_dtype(self) -> torch.dtype:
+        """The dtype weights leave the engine in (servers, HF checkpoints)."""
+        return torch_dtype(self.spec.export_dtype or self.spec.dtype)
+
     def full_state_dict(self) -> dict[str, torch.Tensor]:
-        """Unsharded CPU state dict on rank 0 (empty on other ranks). Collective: call on all ranks."""
+        """Unsharded CPU state dict in the export dtype on rank 0 (empty elsewhere). Collective."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         assert self.model is not None
-        return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        state = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        dtype = self.export_dtype
+        return {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
 
     def save_hf(self, path: str, *, tokenizer_path: str | None = None) -> None:
         """An HF checkpoint (config, safetensors, tokenizer) users can load with transformers. Collective."""
         state = self.full_state_dict()
-        if self.rank != 0:
-            return
-        assert self.model is not None
-        tmp = f"{path}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-        self.model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
-        src = tokenizer_path or self.spec.path
-        for name in os.listdir(src):
-            if name.startswith(("tokenizer", "special_tokens", "vocab", "merges", "chat_template")):
-                shutil.copy2(os.path.join(src, name), tmp)
-        shutil.rmtree(path, ignore_errors=True)
-        os.replace(tmp, path)
+        if self.rank == 0:
+            assert self.model is not None
+            save_hf_dir(self.model, state, path, dtype=self.export_dtype, tokenizer_path=tokenizer_path or self.spec.path)
 
     # ------------------------------------------------------------------ recover checkpoints
 

@@ -77,7 +77,7 @@ def run_sft(
             shards = balance_across_ranks([int(x) for x in batch.seqlens], engine.world_size)
             my_mbs = engine.microbatches(batch, shards)[engine.rank]
             stats = engine.train_minibatch(batch, my_mbs, sft_loss_fn(batch, total))
-            nll = _global_sum(stats.get("nll_sum", 0.0)) / max(total, 1.0)
+            nll = _global_sum(stats.get("nll_sum", 0.0), engine.dist.cpu_group) / max(total, 1.0)
             losses.append(nll)
             if log_fn is not None:
                 log_fn(step, {"sft/nll": nll, "grad_norm": stats["grad_norm"], "lr": stats["lr"]})
@@ -85,11 +85,11 @@ def run_sft(
     return losses
 
 
-def _global_sum(x: float) -> float:
+def _global_sum(x: float, group) -> float:
     import torch.distributed as dist
 
-    if dist.get_world_size() == 1:
+    if dist.get_world_size(group) == 1:
         return x
     t = torch.tensor([x], dtype=torch.float64)
-    dist.all_reduce(t)
+    dist.all_reduce(t, group=group)
     return float(t.item())

@@ -21,6 +21,8 @@ ENV_CONTROLLER = "AREAL_LITE_CONTROLLER"
 ENV_WORKER_INDEX = "AREAL_LITE_WORKER_INDEX"
 ENV_RESTARTS = "AREAL_LITE_RESTARTS"
 ENV_WEIGHT_SYNC_PORT = "AREAL_LITE_WEIGHT_SYNC_PORT"
+# Testing: the trainer's default-group backend ("cuda:gloo" on CPU behaves like NCCL: no CPU tensors).
+ENV_DEFAULT_BACKEND = "AREAL_LITE_DEFAULT_BACKEND"
 
 ROLES = ("trainer", "rollout")
 SECRET_VARS = (ENV_SECRET, ENV_API_KEY)
@@ -43,6 +45,7 @@ class RunEnv:
     worker_index: int = 0
     restarts: int = 0
     weight_sync_port: int = 0
+    default_backend: str = ""
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> "RunEnv":
@@ -68,6 +71,7 @@ class RunEnv:
             worker_index=int(env.get(ENV_WORKER_INDEX, "0")),
             restarts=int(env.get(ENV_RESTARTS, "0")),
             weight_sync_port=int(env.get(ENV_WEIGHT_SYNC_PORT, "0")),
+            default_backend=env.get(ENV_DEFAULT_BACKEND, ""),
         )
 
     def to_environ(self) -> dict[str, str]:
@@ -81,6 +85,8 @@ class RunEnv:
             ENV_RESTARTS: str(self.restarts),
             ENV_WEIGHT_SYNC_PORT: str(self.weight_sync_port),
         }
+        if self.default_backend:
+            env[ENV_DEFAULT_BACKEND] = self.default_backend
         if self.secret:
             env[ENV_SECRET] = self.secret.hex()
         if self.api_key:

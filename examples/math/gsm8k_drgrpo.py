@@ -27,26 +27,27 @@ from areal_lite.config import ExperimentConfig, exit_on_config_error, load_confi
 from areal_lite.config.schema import (
     resolved_loss_norm_constant,
     resolved_max_concurrent_rollouts,
+    resolved_serving_dtype,
     resolved_tokenizer_path,
 )
 from areal_lite.data import load_prompt_records, load_tokenizer, prompt_token_ids
 from areal_lite.inference.client import InferenceClient, SamplingParams, ServerAdmin
 from areal_lite.reward.math import math_reward
 from areal_lite.rollout.evaluate import aevaluate
-from areal_lite.rollout.reward import RewardPool
+from areal_lite.rollout.reward_pool import RewardPool
 from areal_lite.rollout.worker import WorkerSettings, run_worker
 from areal_lite.rollout.workflow import RLVRWorkflow, sampling_from_gconfig
 from areal_lite.trainer.actor import PPOActor
 from areal_lite.trainer.batch import batch_from_groups
-from areal_lite.trainer.checkpoint import RecoverCheckpointer
-from areal_lite.trainer.comm import broadcast_groups
-from areal_lite.trainer.controller import RolloutController
-from areal_lite.trainer.engine import EngineSpec, FSDPEngine, init_distributed
-from areal_lite.trainer.perf import perf_metrics
-from areal_lite.trainer.stats import StatsLogger, Timer, batch_metrics
-from areal_lite.trainer.weight_sync import build_weight_sync
+from areal_lite.run.checkpoint import RecoverCheckpointer
+from areal_lite.control.broadcast import broadcast_groups, broadcast_int
+from areal_lite.control.controller import RolloutController
+from areal_lite.trainer.engine import EngineSpec, FSDPEngine
+from areal_lite.run.perf import perf_metrics
+from areal_lite.run.stats import StatsLogger, Timer, batch_metrics
+from areal_lite.run.weight_sync import build_weight_sync
 from areal_lite.transport import Codec
-from areal_lite.utils.distributed import run_and_exit
+from areal_lite.utils.distributed import init_trainer_dist, run_and_exit
 from areal_lite.utils.runenv import RunEnv
 
 logger = logging.getLogger("gsm8k_drgrpo")
@@ -106,30 +107,30 @@ def evaluate(cfg: ExperimentConfig, env: RunEnv, tokenizer, records: list[dict])
 
 
 def train_main(cfg: ExperimentConfig, env: RunEnv) -> int:
-    rank, world, device = init_distributed(cfg.allocation.device)
+    d = init_trainer_dist(cfg.allocation.device, default_backend=env.default_backend)
+    rank, world = d.rank, d.world_size
     tokenizer = load_tokenizer(resolved_tokenizer_path(cfg))
     batch_size = cfg.train_dataset.batch_size
 
     # Rank 0 owns the data cursor and the admission controller.
     controller = None
     records, _ = load_prompt_records(cfg.train_dataset, tokenizer) if rank == 0 else ([], {})
-    n_records = _broadcast_int(len(records))
+    n_records = broadcast_int(len(records), d.cpu_group)
     steps_per_epoch = max(1, n_records // batch_size)
     total_steps = cfg.total_train_steps or cfg.total_train_epochs * steps_per_epoch
 
-    engine = FSDPEngine(EngineSpec.from_actor(cfg.actor, cfg.gconfig.temperature), device=device,
-                        total_optimizer_steps=total_steps * cfg.actor.ppo_n_minibatches)
+    spec = EngineSpec.from_actor(cfg.actor, cfg.gconfig.temperature, export_dtype=resolved_serving_dtype(cfg))
+    engine = FSDPEngine(spec, d, total_optimizer_steps=total_steps * cfg.actor.ppo_n_minibatches)
     engine.initialize()
     ref = None
     if cfg.actor.kl_ctl > 0:
-        ref = FSDPEngine(EngineSpec.from_actor(cfg.actor, cfg.gconfig.temperature), device=device,
-                         total_optimizer_steps=1)
+        ref = FSDPEngine(spec, d, total_optimizer_steps=1)
         ref.initialize(with_optimizer=False)
     actor = PPOActor(cfg.actor, max_new_tokens=cfg.gconfig.max_new_tokens,
                      loss_norm_constant=resolved_loss_norm_constant(cfg), seed=cfg.seed)
     admin = ServerAdmin(env.server_addrs, api_key=env.api_key) if rank == 0 else None
     weight_sync = build_weight_sync(cfg.actor.weight_update_mode, admin=admin, run_dir=env.run_dir, env=env,
-                                    device_type=device.type, num_servers=cfg.allocation.inference.num_servers)
+                                    device_type=d.device.type, tp_size=cfg.allocation.inference.tp_size)
     checkpointer = RecoverCheckpointer(os.path.join(env.run_dir, "recover"))
     stats = StatsLogger(cfg.stats_logger, run_dir=env.run_dir, run_name=f"{cfg.experiment_name}/{cfg.trial_name}",
                         config_dict=None, rank=rank, total_steps=total_steps)
@@ -177,7 +178,7 @@ def train_main(cfg: ExperimentConfig, env: RunEnv) -> int:
             t_step = time.monotonic()
             with timer("wait_data"):
                 buffered = controller.wait_batch(batch_size) if controller is not None else None
-                groups = broadcast_groups([b.group for b in buffered] if buffered else None)
+                groups = broadcast_groups([b.group for b in buffered] if buffered else None, d.cpu_group)
             if groups is None:
                 logger.info("no more prompts: stopping after %d steps", step)
                 break
@@ -218,7 +219,7 @@ def train_main(cfg: ExperimentConfig, env: RunEnv) -> int:
                 with timer("eval"):
                     eval_stats = evaluate(cfg, env, tokenizer, valid)
             if world > 1:
-                dist.barrier()
+                dist.barrier(group=d.cpu_group)
 
             step_time = time.monotonic() - t_step
             metrics = {
@@ -250,13 +251,6 @@ def train_main(cfg: ExperimentConfig, env: RunEnv) -> int:
 
 def _batch_metrics(batch, step: int, head_versions: list[int], step_time: float) -> dict[str, float]:
     return batch_metrics(batch, step, head_versions, step_time)  # reward, length, staleness, throughput
-
-
-def _broadcast_int(x: int) -> int:
-    t = torch.tensor([x], dtype=torch.int64)
-    if dist.get_world_size() > 1:
-        dist.broadcast(t, src=0)
-    return int(t.item())
 
 
 @exit_on_config_error

@@ -13,7 +13,7 @@ import pytest
 @pytest.mark.timeout(120)
 def test_logprob_memory_benchmark_smoke(tmp_path):
     out = tmp_path / "bench.json"
-    cmd = [sys.executable, "-m", "areal_lite.bench.logprob_memory", "--tokens", "64", "--vocab", "1000",
+    cmd = [sys.executable, "-m", "benchmarks.logprob_memory", "--tokens", "64", "--vocab", "1000",
            "--chunk-size", "16", "--device", "cpu", "--json", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=110,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -26,19 +26,37 @@ LOO_MEAN = {
     "batch": [2.8, 2.2, 2.6, 3.0, 2.0, 2.4],  # (15 − x) / 5
     "none": [0.0] * 6,
 }
-STD_UNBIASED = {
-    # group 7: Σ(x−8/3)² = 26/3 → /2; group 3: Σ(x−2)² = 8 → /1; singleton → 1
-    "group": [math.sqrt(13 / 3), math.sqrt(8), math.sqrt(13 / 3), math.sqrt(8), math.sqrt(13 / 3), 1.0],
-    "batch": [math.sqrt(17.5 / 5)] * 6,  # Σ(x−2.5)² = 17.5
-}
-STD_BIASED = {
-    "group": [math.sqrt(26 / 9), 2.0, math.sqrt(26 / 9), 2.0, math.sqrt(26 / 9), 1.0],
-    "batch": [math.sqrt(17.5 / 6)] * 6,
-}
 
 
 def t(values, dtype=F64):
     return torch.tensor(values, dtype=dtype)
+
+
+def _expected_std(mean, std_level, unbiased):
+    """std of element e: sqrt(Σ_{j in e's std set} (X_j − mean_j)² / (n − 1 or n)); 1 when the divisor is 0."""
+    out = []
+    for e in range(len(X)):
+        members = range(len(X)) if std_level == "batch" else [j for j in range(len(X)) if G[j] == G[e]]
+        ss = sum((X[j] - mean[j]) ** 2 for j in members)
+        d = len(members) - 1 if unbiased else len(members)
+        out.append(math.sqrt(ss / d) if d >= 1 else 1.0)
+    return out
+
+
+def test_expected_std_against_hand_arithmetic():
+    r13, r8 = math.sqrt(13 / 3), math.sqrt(8)
+    # group/group: group 7 = {1, 2, 5} around 8/3 → Σ = 26/3; group 3 = {4, 0} around 2 → 8; singleton → 1
+    assert _expected_std(MEAN["group"], "group", True) == pytest.approx([r13, r8, r13, r8, r13, 1.0])
+    # biased: a singleton has divisor 1 and spread 0 around its own mean
+    b = math.sqrt(26 / 9)
+    assert _expected_std(MEAN["group"], "group", False) == pytest.approx([b, 2.0, b, 2.0, b, 0.0])
+    # none/batch: Σx² = 55 over 6 values
+    assert _expected_std(MEAN["none"], "batch", True) == pytest.approx([math.sqrt(11)] * 6)
+    # group/batch: the group-centred squares summed over the batch, 26/3 + 8 + 0
+    assert _expected_std(MEAN["group"], "batch", True) == pytest.approx([math.sqrt((26 / 3 + 8) / 5)] * 6)
+    # batch/group, group 3 = {4, 0} around the batch mean 2.5: 1.5² + 2.5² = 8.5
+    got = _expected_std(MEAN["batch"], "group", True)
+    assert got[1] == pytest.approx(math.sqrt(8.5)) and got[5] == 1.0
 
 
 @pytest.mark.parametrize("mean_level,std_level", list(itertools.product(NORM_LEVELS, NORM_LEVELS)))
@@ -51,12 +69,41 @@ def test_all_level_combinations_hand_computed(mean_level, std_level, leave_one_o
         leave_one_out=leave_one_out, unbiased=unbiased, eps=eps,
     )
     mean = (LOO_MEAN if leave_one_out else MEAN)[mean_level]
-    stds = (STD_UNBIASED if unbiased else STD_BIASED).get(std_level)
-    expected = [
-        (x - mu) if stds is None else (x - mu) / (sd + eps)
-        for x, mu, sd in zip(X, mean, stds or [None] * 6)
-    ]
+    if std_level == "none":
+        expected = [x - mu for x, mu in zip(X, mean)]
+    else:
+        stds = _expected_std(mean, std_level, unbiased)
+        expected = [(x - mu) / (sd + eps) for x, mu, sd in zip(X, mean, stds)]
     torch.testing.assert_close(out, t(expected), rtol=1e-12, atol=1e-12)
+
+
+def test_issue15_defect1_all_equal_group_is_not_divided_by_eps():
+    # r = [1, 1 | 0, 1], none/group: group 1 has Σx² = 2 → std √2; group 2 has Σx² = 1 → std 1
+    r, g = t([1.0, 1.0, 0.0, 1.0]), torch.tensor([0, 0, 1, 1])
+    out = normalize(r, g, mean_level="none", std_level="group", eps=1e-5)
+    torch.testing.assert_close(out, t([1 / (2**0.5 + 1e-5)] * 2 + [0.0, 1 / (1 + 1e-5)]))
+    assert abs(float(out[0]) - 0.707102) < 1e-6
+    # batch/group: batch mean 3/4; group 1 around it: Σ = 2·(1/4)²; group 2: (3/4)² + (1/4)²
+    out = normalize(r, g, mean_level="batch", std_level="group", eps=1e-5)
+    s1, s2 = math.sqrt(2 / 16), math.sqrt(10 / 16)
+    torch.testing.assert_close(out, t([0.25 / (s1 + 1e-5)] * 2 + [-0.75 / (s2 + 1e-5), 0.25 / (s2 + 1e-5)]))
+
+
+def test_issue15_group_mean_batch_std_is_std_of_group_centred_rewards():
+    # r = [1,0,0,0 | 1,1,0,1]: centred [.75,-.25,-.25,-.25 | .25,.25,-.75,.25], Σ² = 1.5, unbiased /7
+    r = t([1.0, 0, 0, 0, 1, 1, 0, 1])
+    out = normalize(r, torch.tensor([0] * 4 + [1] * 4), mean_level="group", std_level="batch", eps=1e-5)
+    s = math.sqrt(1.5 / 7)
+    assert abs(float(out[0]) - 0.75 / (s + 1e-5)) < 1e-12
+    assert abs(float(out[0]) - 1.62015) < 1e-5 and abs(float(out[1]) + 0.54005) < 1e-5
+
+
+def test_leave_one_out_with_std_equals_plain_group_norm_without_eps():
+    # x − (Σ − x)/(n − 1) = n/(n − 1)·(x − μ): the LOO-centred std scales by the same factor
+    r, g = t([1.0, 0.0, 0.0, 1.0, 0.5]), torch.tensor([0] * 5)
+    loo = normalize(r, g, mean_level="group", std_level="group", leave_one_out=True, eps=0.0)
+    plain = normalize(r, g, mean_level="group", std_level="group", eps=0.0)
+    torch.testing.assert_close(loo, plain, rtol=1e-12, atol=1e-12)
 
 
 def test_option_spellings_and_errors():
@@ -105,14 +152,16 @@ def test_tc5_rloo():
 
 def test_tc6_trl_scale_rewards():
     r, g = [1, 0, 0, 0, 1, 1, 0, 1], [0, 0, 0, 0, 1, 1, 1, 1]
-    batch = grpo(r, g, std_level="batch", eps=1e-4)
     group = grpo(r, g, eps=1e-4)
     none = grpo(r, g, std_level="none")
-    exp_batch = [1.402859, -0.46762, -0.46762, -0.46762, 0.46762, 0.46762, -1.402859, 0.46762]
     exp_group = [1.4997, -0.4999, -0.4999, -0.4999, 0.4999, 0.4999, -1.4997, 0.4999]
-    torch.testing.assert_close(batch, t(exp_batch), atol=1e-5, rtol=0)
     torch.testing.assert_close(group, t(exp_group), atol=1e-4, rtol=0)
     torch.testing.assert_close(none, t([0.75, -0.25, -0.25, -0.25, 0.25, 0.25, -0.75, 0.25]))
+    # TRL `batch` divides by the raw batch std (√(4/7)): 1.402859. group/batch here divides by the
+    # std of the group-centred rewards (√(1.5/7)) instead: 0.75/(0.462910 + 1e-4) = 1.619827.
+    batch = grpo(r, g, std_level="batch", eps=1e-4)
+    assert abs(float(batch[0]) - 0.75 / (math.sqrt(1.5 / 7) + 1e-4)) < 1e-12
+    assert abs(float(batch[0]) - 1.402859) > 0.2
 
 
 def test_tc7_token_weighted_vs_sequence_weighted_batch_norm():
@@ -126,11 +175,14 @@ def test_tc7_token_weighted_vs_sequence_weighted_batch_norm():
     assert abs(float(seq[0]) - 0.707097) < 1e-6 and abs(float(seq[1]) + 0.707097) < 1e-6
 
 
-def test_tc8_pipelinerl_leave_one_out_mean_group_std():
+def test_tc8_pipelinerl_is_not_group_group_leave_one_out():
+    # PipelineRL divides the LOO-centred reward by the *plain* group std: ±1.154501 (TC8). Here the std
+    # is taken around the subtracted (LOO) mean, which gives plain GRPO's value: ±0.866.
     out = grpo([1, 0, 0, 1], [0] * 4, leave_one_out=True, eps=1e-4)
-    a = (2 / 3) / (math.sqrt(1 / 3) + 1e-4)
+    centred = 2 / 3  # 1 − 1/3
+    a = centred / (math.sqrt(4 * centred**2 / 3) + 1e-4)
     torch.testing.assert_close(out, t([a, -a, -a, a]))
-    assert abs(a - 1.154501) < 1e-6
+    assert abs(a - 0.865913) < 1e-6
 
 
 def test_tc21_token_whitening_biased_and_unbiased():
@@ -146,12 +198,6 @@ def test_tc21_token_whitening_biased_and_unbiased():
 
 
 # ---------------------------------------------------------------- masked tokens, reference loop
-
-
-def test_group_mean_with_batch_std_is_litePPO():
-    # group mean, std of *all* values in the batch around the batch mean (not of the centred values)
-    out = normalize(t(X), torch.tensor(G), mean_level="group", std_level="batch", eps=0.0)
-    torch.testing.assert_close(out, t([(x - m) / math.sqrt(3.5) for x, m in zip(X, MEAN["group"])]))
 
 
 def test_masked_positions_are_zero_and_ignored():
@@ -174,28 +220,24 @@ def _reference(values, gids, mask, mean_level, std_level, loo, unbiased, eps):
             return elems
         return [(c, j) for (c, j) in elems if gids[c] == gids[b]]
 
+    def mean_of(b, j):
+        """The mean subtracted from element (b, j)."""
+        if mean_level == "none":
+            return 0.0
+        vals = [values[c][k] for c, k in members(b, mean_level)]
+        if loo:
+            return (sum(vals) - values[b][j]) / (len(vals) - 1) if len(vals) >= 2 else 0.0
+        return sum(vals) / len(vals)
+
     out = [[0.0] * len(values[b]) for b in range(B)]
     for b, j in elems:
-        x = values[b][j]
-        if mean_level == "none":
-            mu = 0.0
-        else:
-            mem = members(b, mean_level)
-            vals = [values[c][k] for c, k in mem]
-            if loo:
-                mu = (sum(vals) - x) / (len(vals) - 1) if len(vals) >= 2 else 0.0
-            else:
-                mu = sum(vals) / len(vals)
+        x, mu = values[b][j], mean_of(b, j)
         if std_level == "none":
             out[b][j] = x - mu
             continue
-        vals = [values[c][k] for c, k in members(b, std_level)]
-        n = len(vals)
-        if n < 2:
-            sd = 1.0
-        else:
-            own = sum(vals) / n
-            sd = math.sqrt(sum((v - own) ** 2 for v in vals) / (n - 1 if unbiased else n))
+        mem = members(b, std_level)
+        d = len(mem) - 1 if unbiased else len(mem)
+        sd = math.sqrt(sum((values[c][k] - mean_of(c, k)) ** 2 for c, k in mem) / d) if d >= 1 else 1.0
         out[b][j] = (x - mu) / (sd + eps)
     return out
 

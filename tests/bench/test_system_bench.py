@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from areal_lite.bench import suite
-from areal_lite.bench.async_vs_sync import overlap_bound
+from benchmarks import suite
+from benchmarks.async_vs_sync import overlap_bound
 
 
 def run_module(module: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -21,7 +21,7 @@ def run_module(module: str, *args: str, timeout: float = 600) -> subprocess.Comp
 def quick_suite(tmp_path_factory):
     """The suite without components: sync + η=1 runs, their breakdown, scaling with 2 workers."""
     out = tmp_path_factory.mktemp("suite")
-    proc = run_module("areal_lite.bench.suite", "--out", str(out), "--quick", "--skip", "components")
+    proc = run_module("benchmarks.suite", "--out", str(out), "--quick", "--skip", "components")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out, json.loads((out / "suite.json").read_text()), (out / "suite.md").read_text()
 
@@ -46,7 +46,7 @@ def test_async_vs_sync_figures(quick_suite):
     assert set(cmp["targets"]) == {"speedup", "bound", "pause", "reward"}
     assert all(isinstance(t["met"], bool) for t in cmp["targets"].values())
     assert "| sync (η=0) |" in md and "| async η=1 |" in md and "ideal overlap bound" in md
-    assert report["machine"]["nproc"] >= 1 and report["command"].startswith("python -m areal_lite.bench.suite")
+    assert report["machine"]["nproc"] >= 1 and report["command"].startswith("python -m benchmarks.suite")
 
 
 @pytest.mark.timeout(900)
@@ -65,7 +65,7 @@ def test_breakdown_and_scaling_sections(quick_suite, tmp_path):
     assert "| workers=2 |" in md
     # The breakdown CLI tabulates finished runs from their metrics.
     dirs = [r["run_dir"] for r in report["async_vs_sync"]["runs"]]
-    proc = run_module("areal_lite.bench.breakdown", "--out", str(tmp_path), "--from", *dirs, "--warmup", "1")
+    proc = run_module("benchmarks.breakdown", "--out", str(tmp_path), "--from", *dirs, "--warmup", "1")
     assert proc.returncode == 0, proc.stderr
     bd = json.loads((tmp_path / "breakdown.json").read_text())
     assert set(bd["train"]) == {"eta0-r0", "eta1-r0"}
@@ -79,7 +79,7 @@ def test_overlap_bound():
 
 @pytest.mark.timeout(300)
 def test_components_present_and_absent(tmp_path):
-    absent = suite.run_component(suite.Component("areal_lite.bench.no_such_benchmark", "nothing"), tmp_path, True, 60)
+    absent = suite.run_component(suite.Component("benchmarks.no_such_benchmark", "nothing"), tmp_path, True, 60)
     assert absent["status"] == "absent"
     logprob = next(c for c in suite.COMPONENTS if c.module.endswith("logprob_memory"))
     rec = suite.run_component(logprob, tmp_path, True, 240)
@@ -88,10 +88,10 @@ def test_components_present_and_absent(tmp_path):
 
 
 @pytest.mark.parametrize("module,args", [
-    ("areal_lite.bench.async_vs_sync", ["--out", "x", "--etas", "zero"]),
-    ("areal_lite.bench.async_vs_sync", ["--out", "x", "--quick", "--warmup", "5"]),
-    ("areal_lite.bench.scaling", ["--out", "x", "--knobs", "colour"]),
-    ("areal_lite.bench.suite", ["--out", "x", "--skip", "everything"]),
+    ("benchmarks.async_vs_sync", ["--out", "x", "--etas", "zero"]),
+    ("benchmarks.async_vs_sync", ["--out", "x", "--quick", "--warmup", "5"]),
+    ("benchmarks.scaling", ["--out", "x", "--knobs", "colour"]),
+    ("benchmarks.suite", ["--out", "x", "--skip", "everything"]),
 ])
 def test_user_mistakes_exit_2(tmp_path, module, args):
     args = [str(tmp_path / a) if a == "x" else a for a in args]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from areal_lite.plot import summary
+from areal_lite.tools.plot import summary
 from tests.e2e.conftest import explain, launch, read_jsonl
 
 REPO = Path(__file__).resolve().parents[2]

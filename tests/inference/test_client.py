@@ -12,7 +12,7 @@ import time
 import pytest
 
 from areal_lite.inference.client import GenerationError, InferenceClient, SamplingParams, ServerAdmin
-from areal_lite.inference.local_server import start_local_server
+from areal_lite.inference.embedded.local_server import start_local_server
 from tests.inference.conftest import SERVER_ARGS
 from tests.inference.helpers import generate_greedy
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from areal_lite.inference.engine import Engine, EngineConfig, SamplingSpec
+from areal_lite.inference.embedded.engine import Engine, EngineConfig, SamplingSpec
 from tests.inference.helpers import generate_greedy, greedy_loop, teacher_forced_logprobs
 
 PROMPTS = [[5, 6, 7, 8], list(range(10, 31)), [42], [100, 101, 102, 103, 104, 105, 106, 107, 108], [7, 7, 7]]

@@ -13,7 +13,7 @@ import pytest
 @pytest.mark.timeout(120)
 def test_engine_throughput_quick(tmp_path):
     out = tmp_path / "engine.json"
-    cmd = [sys.executable, "-m", "areal_lite.bench.engine_throughput", "--quick", "--json", str(out)]
+    cmd = [sys.executable, "-m", "benchmarks.engine_throughput", "--quick", "--json", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=110, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "ratio median" in proc.stdout
@@ -33,7 +33,7 @@ def test_engine_throughput_quick(tmp_path):
 
 
 def test_engine_throughput_rejects_an_unknown_model():
-    proc = subprocess.run([sys.executable, "-m", "areal_lite.bench.engine_throughput", "--models", "huge"],
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.engine_throughput", "--models", "huge"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "unknown model 'huge'" in proc.stderr

@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from areal_lite.inference.decoder import Decoder, unsupported_reason
-from areal_lite.inference.kv_cache import SlotKVCache
+from areal_lite.inference.embedded.decoder import Decoder, unsupported_reason
+from areal_lite.inference.embedded.kv_cache import SlotKVCache
 
 SMALL = dict(vocab_size=97, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
              intermediate_size=96, max_position_embeddings=256)
@@ -104,7 +104,7 @@ def test_engine_refuses_a_sliding_window_shorter_than_the_context(tmp_path):
     # Mistral-style configs name no layer types: the window applies to every layer.
     import transformers as tf
 
-    from areal_lite.inference.engine import Engine, EngineConfig
+    from areal_lite.inference.embedded.engine import Engine, EngineConfig
 
     tf.MistralConfig(**SMALL, sliding_window=16).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="sliding-window"):

@@ -7,7 +7,7 @@ import threading
 import pytest
 import torch
 
-from areal_lite.inference.engine import Engine, EngineConfig, SamplingSpec
+from areal_lite.inference.embedded.engine import Engine, EngineConfig, SamplingSpec
 from tests.inference.helpers import greedy_loop, teacher_forced_logprobs
 
 PROMPT = list(range(40, 60))  # 20 tokens

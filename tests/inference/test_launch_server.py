@@ -8,14 +8,14 @@ import sys
 import httpx
 import pytest
 
-from areal_lite.inference.local_server import start_local_server
+from areal_lite.inference.embedded.local_server import start_local_server
 
 KEY = "s3cr3t-key-for-test"
 
 
 def _launch(*args, timeout=60):
     return subprocess.run(
-        [sys.executable, "-m", "areal_lite.inference.launch_server", *args], capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "areal_lite.inference.embedded.launch_server", *args], capture_output=True, text=True, timeout=timeout
     )
 
 

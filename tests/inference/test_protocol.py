@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from areal_lite.inference import protocol as P
+from areal_lite.inference.embedded import protocol as P
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from areal_lite.inference.sampling import sample_from_probs, sample_next_tokens
+from areal_lite.inference.embedded.sampling import sample_from_probs, sample_next_tokens
 
 LN2 = math.log(2.0)
 

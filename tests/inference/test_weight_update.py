@@ -9,8 +9,8 @@ import httpx
 import pytest
 import torch
 
-from areal_lite.inference.local_server import free_port, start_local_server
-from areal_lite.models.tiny import TinyModelSpec, build_tiny_model_dir
+from areal_lite.inference.embedded.local_server import free_port, start_local_server
+from areal_lite.tiny.model import TinyModelSpec, build_tiny_model_dir
 from areal_lite.utils.distributed import destroy_custom_process_group, init_custom_process_group
 from tests.inference.helpers import greedy_loop
 
@@ -147,6 +147,12 @@ def test_update_from_distributed_group(server, tiny_model_dir, tmp_path):
                                           world_size=2, group_name=group_name, timeout_s=60)
         try:
             assert joined.result(60).json()["success"] is True
+            # As in SGLang, distributed updates are refused outside a begin/end session ...
+            r = _push(server, pool, group, [], version=None, group_name=group_name)
+            assert r.status_code == 400 and "between begin_weight_update" in r.json()["message"]
+            assert post(server, "/begin_weight_update", {}).json()["success"] is True
+            # ... and only one session is open at a time.
+            assert post(server, "/begin_weight_update", {}).status_code == 400
             new = _model(build_tiny_model_dir(tmp_path / "m7", TinyModelSpec(seed=7)))
             params = [(n, p.detach()) for n, p in new.named_parameters()]
             # Two buckets, the version stamped on the last one only (as the trainer does).
@@ -168,6 +174,8 @@ def test_update_from_distributed_group(server, tiny_model_dir, tmp_path):
             r = _push(server, pool, group, [("no.such.weight", torch.zeros(3))], version="9", group_name=group_name)
             assert r.status_code == 400 and "unknown weight name" in r.json()["message"]
             assert generate(server)["meta_info"]["weight_version"] == "8"
+            assert post(server, "/end_weight_update", {}).json()["success"] is True
+            assert post(server, "/end_weight_update", {}).status_code == 400
         finally:
             destroy = post(server, "/destroy_weights_update_group", {"group_name": group_name})
             destroy_custom_process_group(group)

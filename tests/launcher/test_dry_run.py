@@ -15,7 +15,7 @@ import yaml
 from tests.e2e.conftest import ENTRY, SMALL, deep_merge
 
 MODEL = "Qwen/Qwen2.5-1.5B-Instruct"  # a hub id: a dry run neither downloads nor opens it
-BLOCK = re.compile(r"^\[(\S+)\] role=(\S+) host=(\S+) devices=(\S+)\n  env: (.*)\n  cmd: (.*)$", re.M)
+BLOCK = re.compile(r"^\[(\S+)\] role=(\S+) host=(\S+) devices=(\S+)(?: weight_ranks=\S+)?\n  env: (.*)\n  cmd: (.*)$", re.M)
 
 
 def gpu_config(tmp_path, **cluster) -> str:
@@ -122,7 +122,18 @@ def test_ray_dry_run_of_two_8_gpu_nodes(tmp_path):
      "error: cluster.n_nodes=2: the local launcher runs on one machine"),
     ("areal_lite.launcher.ray", {"n_nodes": 2, "n_gpus_per_node": 8, "bind_host": "0.0.0.0"},
      ["allocation.inference.tp_size=4", "allocation.trainer.nproc_per_node=12"],
-     "error: allocation.trainer.nproc_per_node: 12 ranks per node exceed cluster.n_gpus_per_node=8"),
+     "error: allocation: the trainer needs 12 GPUs per node but nodes have 8"),
+    # 12 GPUs for 12 ranks, but no node keeps the 4 the trainer needs: refused, never a rank without a GPU.
+    ("areal_lite.launcher.ray", {"n_nodes": 2, "n_gpus_per_node": 6, "bind_host": "0.0.0.0"},
+     ["allocation.inference.num_servers=2", "allocation.inference.tp_size=4", "allocation.trainer.nproc_per_node=4"],
+     "error: allocation: the trainer needs 1 node(s) with 4 free GPU(s) each, but after 2 server(s) x 4 GPU(s) "
+     "the free GPUs are node0: 2, node1: 2"),
+    # One GPU: servers and trainer need their own unless they share it, which the message suggests.
+    ("areal_lite.launcher.local", {"n_gpus_per_node": 1}, [],
+     "error: allocation: needs 2 GPUs (1 servers x 1 + 1 trainer ranks) but the cluster has 1 (cluster: 1 node(s) "
+     "x 1 GPUs); to share GPUs between servers and trainer set allocation.colocate=true"),
+    ("areal_lite.launcher.local", {"n_gpus_per_node": 2}, ["allocation.colocate=true", "allocation.inference.num_servers=2"],
+     "error: allocation: colocated servers run on the trainer's GPUs"),
     ("areal_lite.launcher.ray", {"n_nodes": 2, "n_gpus_per_node": 8}, [],
      "error: cluster.bind_host: 127.0.0.1 cannot be reached from other nodes"),
 ])

@@ -23,12 +23,13 @@ def checksum(engine) -> float:
 def main(root: str, model_dir: str, mode: str) -> int:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("CKPT_PORT", "29555"), RANK="0",
                       WORLD_SIZE="1", LOCAL_RANK="0")
-    from areal_lite.trainer.checkpoint import CheckpointWriteError, RecoverCheckpointer
-    from areal_lite.trainer.engine import EngineSpec, FSDPEngine, init_distributed
+    from areal_lite.run.checkpoint import CheckpointWriteError, RecoverCheckpointer
+    from areal_lite.trainer.engine import EngineSpec, FSDPEngine
+    from areal_lite.utils.distributed import init_trainer_dist
 
-    init_distributed("cpu")
+    d = init_trainer_dist("cpu")
     torch.manual_seed(0)
-    engine = FSDPEngine(EngineSpec(path=model_dir), device=torch.device("cpu"), total_optimizer_steps=10)
+    engine = FSDPEngine(EngineSpec(path=model_dir), d, total_optimizer_steps=10)
     engine.initialize()
     ckpt = RecoverCheckpointer(root)
     step = 0

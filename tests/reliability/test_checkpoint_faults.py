@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from areal_lite.inference.local_server import free_port
-from areal_lite.models.tiny import TinyModelSpec, build_tiny_model_dir
+from areal_lite.inference.embedded.local_server import free_port
+from areal_lite.tiny.model import TinyModelSpec, build_tiny_model_dir
 
 REPO = Path(__file__).resolve().parents[2]
 KILLS = 4

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from areal_lite.inference.local_server import start_local_server
-from areal_lite.inference.server import MAX_BODY_BYTES
+from areal_lite.inference.embedded.local_server import start_local_server
+from areal_lite.inference.embedded.server import MAX_BODY_BYTES
 
 CONTEXT = 64
 VOCAB_PROBE = {"input_ids": [5, 6, 7], "sampling_params": {"max_new_tokens": 3, "temperature": 0.0}}

@@ -14,9 +14,9 @@ import httpx
 import pytest
 
 from areal_lite.config.schema import ExperimentConfig
-from areal_lite.inference.local_server import start_local_server
+from areal_lite.inference.embedded.local_server import start_local_server
 from areal_lite.launcher.plan import build_plan
-from areal_lite.models.tiny import TinyModelSpec, build_tiny_model_dir
+from areal_lite.tiny.model import TinyModelSpec, build_tiny_model_dir
 from areal_lite.utils.runenv import ENV_API_KEY, ENV_SECRET
 
 PACKAGE = Path(__file__).resolve().parents[2] / "areal_lite"

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from areal_lite.inference.client import InferenceClient, SamplingParams
-from areal_lite.inference.local_server import start_local_server
+from areal_lite.inference.embedded.local_server import start_local_server
 from areal_lite.launcher.slurm_step import pid_alive  # zombies count as gone
-from areal_lite.rollout.reward import RewardPool
+from areal_lite.rollout.reward_pool import RewardPool
 from areal_lite.rollout.worker import build_group
 from areal_lite.rollout.workflow import RewardFailure, RLVRWorkflow
 from tests.rollout.reward_fns import by_answer
@@ -130,7 +130,7 @@ def test_workflow_refuses_an_unknown_policy(pool):
 
 
 def test_close_kills_a_hung_reward_process():
-    from areal_lite.rollout.reward import _processes
+    from areal_lite.rollout.reward_pool import _processes
 
     pool = RewardPool(num_workers=1, timeout=60)
 
@@ -153,7 +153,7 @@ def test_close_kills_a_hung_reward_process():
 
 OWNER = """
 import asyncio, sys, time
-from areal_lite.rollout.reward import RewardPool
+from areal_lite.rollout.reward_pool import RewardPool
 from tests.rollout.reward_fns import by_answer
 pool = RewardPool(num_workers=1, timeout=30)
 print(int(asyncio.run(pool.score(by_answer, "x", answer="pid"))), flush=True)

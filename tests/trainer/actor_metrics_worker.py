@@ -18,8 +18,9 @@ import torch.distributed as dist
 
 from areal_lite.config.schema import ActorConfig, StatsLoggerConfig
 from areal_lite.trainer.actor import PPOActor
-from areal_lite.trainer.engine import EngineSpec, FSDPEngine, init_distributed
-from areal_lite.trainer.stats import StatsLogger, Timer, batch_metrics
+from areal_lite.trainer.engine import EngineSpec, FSDPEngine
+from areal_lite.utils.distributed import init_trainer_dist
+from areal_lite.run.stats import StatsLogger, Timer, batch_metrics
 from areal_lite.utils.distributed import run_and_exit
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -54,11 +55,11 @@ def engine_spec(model: str, **kw) -> EngineSpec:
 
 def run_case(model: str, out: str, case: str, device, steps: int = 2) -> None:
     cfg = actor_cfg(model, case)
-    engine = FSDPEngine(engine_spec(model), device=device, total_optimizer_steps=steps * cfg.ppo_n_minibatches)
+    engine = FSDPEngine(engine_spec(model), device, total_optimizer_steps=steps * cfg.ppo_n_minibatches)
     engine.initialize()
     ref = None
     if cfg.kl_ctl > 0:
-        ref = FSDPEngine(engine_spec(model), device=device, total_optimizer_steps=1)
+        ref = FSDPEngine(engine_spec(model), device, total_optimizer_steps=1)
         ref.initialize(with_optimizer=False)
     actor = PPOActor(cfg, max_new_tokens=32, loss_norm_constant=32.0, seed=0)
     logger = StatsLogger(StatsLoggerConfig(console=False), run_dir=os.path.join(out, case), run_name=case,
@@ -85,7 +86,7 @@ def gradient_checkpointing_delta(model: str, device) -> dict:
     """One identical update with and without activation recomputation: the parameters must agree."""
     results = {}
     for gc in (False, True):
-        engine = FSDPEngine(engine_spec(model, gradient_checkpointing=gc), device=device, total_optimizer_steps=4)
+        engine = FSDPEngine(engine_spec(model, gradient_checkpointing=gc), device, total_optimizer_steps=4)
         engine.initialize()
         actor = PPOActor(actor_cfg(model, "default"), max_new_tokens=32, loss_norm_constant=32.0, seed=0)
         batch = batch_for(0)
@@ -110,7 +111,7 @@ def gradient_checkpointing_delta(model: str, device) -> dict:
 def main() -> int:
     model, out, cases = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
     torch.set_num_threads(1)
-    _, _, device = init_distributed("cpu")
+    device = init_trainer_dist("cpu")  # the TrainerDist
     for case in cases:
         run_case(model, out, case, device)
     facts = gradient_checkpointing_delta(model, device)

@@ -16,7 +16,8 @@ from safetensors.torch import save_file
 from areal_lite.config.schema import ActorConfig
 from areal_lite.trainer.actor import PPOActor
 from areal_lite.trainer.batch import SeqBatch
-from areal_lite.trainer.engine import EngineSpec, FSDPEngine, init_distributed
+from areal_lite.trainer.engine import EngineSpec, FSDPEngine
+from areal_lite.utils.distributed import init_trainer_dist
 from areal_lite.utils.distributed import run_and_exit
 
 
@@ -48,7 +49,8 @@ def make_batch(vocab: int, seed: int = 0) -> SeqBatch:
 def main() -> int:
     model, out, budgets, reductions = sys.argv[1], sys.argv[2], sys.argv[3].split(","), sys.argv[4].split(",")
     torch.set_num_threads(1)
-    rank, world, device = init_distributed("cpu")
+    d = init_trainer_dist("cpu")
+    rank, world = d.rank, d.world_size
     results = {}
     for reduction in reductions:
         for budget in budgets:
@@ -60,7 +62,7 @@ def main() -> int:
             tokens, _, row = budget.removeprefix("pad").partition("r")
             spec = EngineSpec(path=model, lr=1e-2, eps=1.0, weight_decay=0.0, gradient_clipping=0.0,
                               max_tokens_per_mb=int(tokens), packing=not padded, max_row_tokens=int(row or tokens))
-            engine = FSDPEngine(spec, device=device, total_optimizer_steps=1)
+            engine = FSDPEngine(spec, d, total_optimizer_steps=1)
             engine.initialize()
             before = {k: v.clone() for k, v in engine.full_state_dict().items()}  # may alias the live params
             cfg = ActorConfig(path=model, loss_reduction=reduction, behav_weight_cap=5.0)

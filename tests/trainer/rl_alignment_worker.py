@@ -22,7 +22,8 @@ from areal_lite.config.schema import ActorConfig
 from areal_lite.data import generate_arith_records, load_tokenizer, sft_token_ids
 from areal_lite.trainer.actor import PPOActor
 from areal_lite.trainer.batch import balance_across_ranks, build_microbatch
-from areal_lite.trainer.engine import EngineSpec, FSDPEngine, init_distributed
+from areal_lite.trainer.engine import EngineSpec, FSDPEngine
+from areal_lite.utils.distributed import init_trainer_dist
 from areal_lite.trainer.sft import sft_batch, sft_loss_fn
 
 
@@ -34,7 +35,8 @@ def _flat_grad(params) -> torch.Tensor:
 def main() -> int:
     model_dir, out = sys.argv[1], sys.argv[2]
     torch.set_num_threads(1)
-    _, _, device = init_distributed("cpu")
+    d = init_trainer_dist("cpu")
+    device = d.device
     tok = load_tokenizer(model_dir)
     examples = []
     for r in generate_arith_records(12, split="train"):
@@ -43,7 +45,7 @@ def main() -> int:
         examples.append((ids[:cut], ids[cut:]))
     batch = sft_batch(examples)
     # A small budget: several packed micro-batches, so the scatter back to sequences is exercised.
-    engine = FSDPEngine(EngineSpec(path=model_dir, max_tokens_per_mb=256, weight_decay=0.0), device=device,
+    engine = FSDPEngine(EngineSpec(path=model_dir, max_tokens_per_mb=256, weight_decay=0.0), d,
                         total_optimizer_steps=1)
     engine.initialize()
     mbs = engine.microbatches(batch, balance_across_ranks([int(x) for x in batch.seqlens], 1))[0]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from areal_lite.inference.local_server import free_port
+from areal_lite.inference.embedded.local_server import free_port
 from areal_lite.trainer.engine import lr_lambda
 
 WORKER = Path(__file__).with_name("actor_metrics_worker.py")

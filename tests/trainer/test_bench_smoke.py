@@ -20,7 +20,7 @@ def _run(args: list[str], timeout: int) -> subprocess.CompletedProcess:
 @pytest.mark.timeout(240)
 def test_packing_benchmark_smoke(tmp_path):
     out = tmp_path / "packing.json"
-    proc = _run(["areal_lite.bench.packing", "--num-seqs", "16", "--max-len", "160", "--max-tokens-per-mb", "320",
+    proc = _run(["benchmarks.packing", "--num-seqs", "16", "--max-len", "160", "--max-tokens-per-mb", "320",
                  "--hidden-size", "32", "--num-layers", "1", "--repeats", "1", "--json", str(out)], 220)
     assert "padding waste" in proc.stdout and "trained tok/s" in proc.stdout
     report = json.loads(out.read_text())
@@ -38,7 +38,7 @@ def test_packing_benchmark_smoke(tmp_path):
 @pytest.mark.timeout(240)
 def test_weight_sync_benchmark_smoke(tmp_path):
     out = tmp_path / "weight_sync.json"
-    proc = _run(["areal_lite.bench.weight_sync", "--sizes", "tiny", "--repeats", "1", "--json", str(out)], 220)
+    proc = _run(["benchmarks.weight_sync", "--sizes", "tiny", "--repeats", "1", "--json", str(out)], 220)
     assert "sync s/GB" in proc.stdout
     r = json.loads(out.read_text())["results"]["tiny"]
     assert r["bytes"] == 4 * r["params"]
@@ -50,7 +50,7 @@ def test_weight_sync_benchmark_smoke(tmp_path):
 
 
 def test_benchmarks_refuse_bad_arguments():
-    for args in (["areal_lite.bench.weight_sync", "--sizes", "huge"],
-                 ["areal_lite.bench.packing", "--max-len", "512", "--max-tokens-per-mb", "100"]):
+    for args in (["benchmarks.weight_sync", "--sizes", "huge"],
+                 ["benchmarks.packing", "--max-len", "512", "--max-tokens-per-mb", "100"]):
         proc = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2 and proc.stderr.startswith("error: "), proc.stderr

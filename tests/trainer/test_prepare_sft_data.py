@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from areal_lite.config import load_config
 from areal_lite.data import load_tokenizer
-from areal_lite.trainer.prepare import _sft_examples
+from areal_lite.tiny.prepare import _sft_examples
 
 
 def _examples(tiny_model_dir, *overrides):

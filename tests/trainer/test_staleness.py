@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from areal_lite.trainer.prompts import PromptSource, parse_prompt_id
-from areal_lite.trainer.staleness import StalenessManager
+from areal_lite.control.prompts import PromptSource, parse_prompt_id
+from areal_lite.control.staleness import StalenessManager
 
 
 def test_capacity_concurrency_bound():

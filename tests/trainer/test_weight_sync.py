@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from areal_lite.inference.local_server import free_port, start_local_server
+from areal_lite.inference.embedded.local_server import free_port, start_local_server
 
 WORKER = Path(__file__).with_name("weight_sync_worker.py")
 MODES = ["disk", "distributed"]

@@ -23,10 +23,11 @@ from areal_lite.config.schema import ActorConfig
 from areal_lite.inference.client import ServerAdmin
 from areal_lite.trainer.actor import PPOActor
 from areal_lite.trainer.batch import SeqBatch
-from areal_lite.trainer.comm import broadcast_bytes
-from areal_lite.trainer.engine import EngineSpec, FSDPEngine, init_distributed
-from areal_lite.trainer.stats import Timer
-from areal_lite.trainer.weight_sync import DiskWeightSync, DistributedWeightSync
+from areal_lite.control.broadcast import broadcast_bytes
+from areal_lite.trainer.engine import EngineSpec, FSDPEngine
+from areal_lite.utils.distributed import init_trainer_dist
+from areal_lite.run.stats import Timer
+from areal_lite.run.weight_sync import DiskWeightSync, DistributedWeightSync
 from areal_lite.utils.distributed import run_and_exit
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -80,16 +81,17 @@ def trainer_logp(actor: PPOActor, engine: FSDPEngine, ids: list[int], prompt_len
 def main() -> int:
     model, url, weights_dir, out, sync_port = sys.argv[1:6]
     torch.set_num_threads(1)
-    rank, world, device = init_distributed("cpu")
+    d = init_trainer_dist("cpu")
+    rank, world = d.rank, d.world_size
     spec = EngineSpec(path=model, lr=3e-2, weight_decay=0.0, max_tokens_per_mb=256)
-    engine = FSDPEngine(spec, device=device, total_optimizer_steps=8)
+    engine = FSDPEngine(spec, d, total_optimizer_steps=8)
     engine.initialize()
     actor = PPOActor(ActorConfig(path=model, ppo_n_minibatches=2), max_new_tokens=32, loss_norm_constant=32.0, seed=0)
     admin = ServerAdmin([url]) if rank == 0 else None
     syncs = {
         "disk": DiskWeightSync(admin, weights_dir),
         "distributed": DistributedWeightSync(admin, master_address="127.0.0.1", master_port=int(sync_port),
-                                             num_server_ranks=1, bucket_bytes=64 << 10, timeout_s=120),
+                                             bucket_bytes=64 << 10, timeout_s=120),
     }
     results: dict = {"world_size": world}
     for version, mode in enumerate(["disk", "distributed"], start=1):
@@ -129,7 +131,7 @@ def main() -> int:
                 "load": [(t - t0, reason) for t, reason in load.done],
             })
         ids = msgpack.unpackb(broadcast_bytes(
-            msgpack.packb(PROMPT + r["after"]["output_ids"]) if rank == 0 else None))
+            msgpack.packb(PROMPT + r["after"]["output_ids"]) if rank == 0 else None, d.cpu_group))
         r["trainer_logp"] = trainer_logp(actor, engine, ids, len(PROMPT))
         results[mode] = r
     syncs["distributed"].close()

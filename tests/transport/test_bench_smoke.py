@@ -13,7 +13,7 @@ import pytest
 @pytest.mark.timeout(120)
 def test_transport_benchmark_smoke(tmp_path):
     out = tmp_path / "bench.json"
-    cmd = [sys.executable, "-m", "areal_lite.bench.transport_throughput", "--sizes", "64K,1M", "--rounds", "1",
+    cmd = [sys.executable, "-m", "benchmarks.transport_throughput", "--sizes", "64K,1M", "--rounds", "1",
            "--mb-per-trial", "4", "--hmac", "--out", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=110, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr
@@ -31,6 +31,6 @@ def test_transport_benchmark_smoke(tmp_path):
 
 
 def test_transport_benchmark_rejects_bad_sizes():
-    proc = subprocess.run([sys.executable, "-m", "areal_lite.bench.transport_throughput", "--sizes", "big"],
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.transport_throughput", "--sizes", "big"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and proc.stderr.startswith("error: --sizes")

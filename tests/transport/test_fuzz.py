@@ -19,7 +19,7 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from areal_lite.trainer.controller import CONTROL_TYPES, GROUP_TYPES, RolloutController
+from areal_lite.control.controller import CONTROL_TYPES, GROUP_TYPES, RolloutController
 from areal_lite.transport import Codec, ProtocolError
 from tests.transport.test_protocol import BODIES, make_group
 from tests.transport.test_sockets import group_for, handshake, run

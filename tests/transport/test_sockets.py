@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import zmq
 
-from areal_lite.trainer.controller import RolloutController
+from areal_lite.control.controller import RolloutController
 from areal_lite.transport import AsyncDealer, AsyncPusher, Codec, PullReceiver, RouterServer, TrajectoryGroup
 from tests.transport.test_protocol import assert_groups_equal, make_group
 

@@ -1,0 +1,37 @@
+"""Per-step timing metrics for the benchmarks (benchmarks): where a step's and a rollout's time goes."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+
+SERVER_COUNTERS = ("busy_time_s", "paused_time_s", "prefill_time_s", "decode_time_s", "queue_time_s",
+                   "num_admitted", "uptime_s", "generated_tokens")
+
+
+def perf_metrics(engine, buffered, admin, t_start: float, t_data: float) -> dict[str, float]:
+    """Where the time went (for benchmarks): trainer phases, rollout latencies, server counters.
+
+    Cumulative counters (time/elapsed, time/fwd_bwd_total, server/*_s) let a reader take differences
+    over any window of steps.
+    """
+    out = {"time/elapsed": time.monotonic() - t_start,
+           **{f"time/{k}_total": v for k, v in engine.timings.items()}}
+    if not buffered:
+        return out
+    samples = [s for b in buffered for s in b.group.samples]
+    out["rollout/gen_latency_s"] = float(np.mean([s.get("latency_s", 0.0) for s in samples]))
+    out["rollout/reward_s"] = float(np.mean([s.get("reward_s", 0.0) for s in samples]))
+    out["rollout/buffer_wait_s"] = float(np.mean([t_data - b.t_accept for b in buffered]))
+    try:
+        infos = admin.server_info()
+    except Exception:  # a server restarting: skip this step's server counters
+        return out
+    infos = [i for i in infos if isinstance(i, dict)]
+    for key in SERVER_COUNTERS:
+        # The embedded engine's counters; SGLang has none of them, and a missing one is not a zero.
+        if infos and all(key in i for i in infos):
+            out[f"server/{key}"] = float(sum(float(i[key]) for i in infos))
+    return out
