@@ -96,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from areal_lite.config.schema import ActorConfig
     from areal_lite.tiny.model import TinyModelSpec, build_tiny_model_dir
-    from areal_lite.trainer.actor import PPOActor
+    from areal_lite.trainer.ppo import PPOActor, StepRows
     from areal_lite.trainer.engine import EngineSpec, FSDPEngine
 
     spec = TinyModelSpec(hidden_size=args.hidden_size, num_hidden_layers=args.num_layers, num_attention_heads=4,
@@ -117,8 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             engines[name] = e
         n_params = sum(p.numel() for p in engines["packed"].model.parameters())
         vocab = engines["packed"].model.config.vocab_size
-        actor = PPOActor(ActorConfig(path=model_dir), max_new_tokens=args.max_len, loss_norm_constant=float(args.max_len),
-                         seed=args.seed)
+        actor = PPOActor.build(ActorConfig(path=model_dir), max_new_tokens=args.max_len,
+                               loss_norm_constant=float(args.max_len), seed=args.seed)
         batch = build_batch(args.num_seqs, vocab, args.max_len, args.seed)
         gen = batch.gen_lens()
         print(f"model: hidden {spec.hidden_size}, {spec.num_hidden_layers} layers, {n_params / 1e6:.2f}M params; "
@@ -126,13 +126,13 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{int(batch.seqlens.max())}, median {int(np.median(batch.seqlens))}; answers median {int(np.median(gen))}, "
               f"p90 {int(np.percentile(gen, 90))}, max {int(gen.max())}); budget {args.max_tokens_per_mb} tokens/mb; "
               f"{args.threads} torch thread(s)", flush=True)
-        adv = actor.compute_advantages(batch)
+        adv = actor.advantage_fn(batch, StepRows.of(batch))
         for rep in range(args.repeats + 1):  # the first round warms up both layouts and is not counted
             for name, engine in engines.items():
                 t0 = time.perf_counter()
-                prox = actor.compute_logp(engine, batch)
+                rows = actor.step_rows(engine, batch)
                 t1 = time.perf_counter()
-                stats = actor.ppo_update(engine, batch, adv, prox_logp=prox, ref_logp=None, step=rep)
+                stats = actor.ppo_update(engine, batch, rows, adv, step=rep)
                 t2 = time.perf_counter()
                 n_mb = len(actor.layout(engine, batch))
                 if rep > 0:

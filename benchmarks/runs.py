@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 ENTRY = REPO / "examples" / "math" / "gsm8k_drgrpo.py"
 CPU_CONFIG = REPO / "examples" / "math" / "gsm8k_drgrpo_cpu.yaml"
 

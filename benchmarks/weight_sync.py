@@ -55,6 +55,7 @@ def bench_size(name: str, tmp: str, repeats: int) -> dict:
     from areal_lite.inference.embedded.local_server import free_port, start_local_server
     from areal_lite.tiny.model import TinyModelSpec, build_tiny_model_dir
     from areal_lite.trainer.engine import EngineSpec, FSDPEngine
+    from areal_lite.run.rundir import RunDir
     from areal_lite.run.weight_sync import DiskWeightSync, DistributedWeightSync
 
     hidden, layers, inter = SIZES[name]
@@ -73,7 +74,7 @@ def bench_size(name: str, tmp: str, repeats: int) -> dict:
     with start_local_server(model_dir, extra_args=args, startup_timeout=180) as server:
         admin = ServerAdmin([server.url])
         syncs = {
-            "disk": DiskWeightSync(admin, weights),
+            "disk": DiskWeightSync(admin, RunDir(os.path.dirname(weights))),
             "distributed": DistributedWeightSync(admin, master_address="127.0.0.1", master_port=free_port(),
                                                  timeout_s=300),
         }

@@ -1,112 +1,118 @@
-"""The layering of ../shared/ARCHITECTURE.md: layers import only downward, and no import cycles."""
+"""The rooms of the house and their doors (docs/architecture.md, "Layers"): every package imports
+only what its row allows, the runtime never imports the tools, benchmarks, examples or launchers,
+and no imports (module-level or inside functions) form a cycle. No exception list for single files."""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
-PKG = Path(__file__).resolve().parents[1] / "areal_lite"
+REPO = Path(__file__).resolve().parents[1]
 
-# layer -> areal_lite layers it may import (itself always allowed)
+# room -> rooms it may import (itself always allowed). A room is a package of areal_lite, the embedded
+# inference server (inference.embedded, a program of its own), or one of the trees beside the package.
 ALLOWED = {
-    "algo": set(),
+    "options": set(),  # the algorithms' option names: one home that both algo and config read
+    "algo": {"options"},
     "utils": set(),
-    "config": set(),
+    "envs": set(),
+    # data and envs to check dataset and environment names and options before launch
+    "config": {"options", "data", "envs"},
     "transport": {"utils"},
-    "models": {"utils"},
     "data": {"utils"},
     "reward": {"utils"},
-    "envs": set(),  # text environments: gymnasium and numpy only
-    "inference": {"utils", "algo", "config"},
-    "rollout": {"utils", "transport", "inference", "reward", "data", "envs"},
-    "trainer": {"utils", "algo", "transport", "inference", "config", "data", "models"},
-    "launcher": {"utils", "config", "inference", "models"},
-    "bench": {"utils", "algo", "transport", "inference", "rollout", "trainer", "config", "models", "data", "reward",
-              "envs"},
+    "inference": {"utils", "config"},  # the client and the SGLang command line
+    "inference.embedded": {"utils", "config", "algo", "inference"},
+    "rollout": {"utils", "transport", "inference", "reward", "data", "envs", "config"},
+    "control": {"utils", "transport", "config"},
+    "trainer": {"utils", "algo", "config", "transport"},
+    "run": {"utils", "config", "inference"},
+    "tiny": {"utils", "config", "data", "trainer"},
+    "launcher": {"utils", "config", "inference", "run"},
+    "tools": {"utils", "config", "algo", "data", "reward", "envs", "inference", "tiny", "run"},
+    "examples": {"utils", "config", "algo", "transport", "data", "reward", "envs", "inference", "rollout", "control",
+                 "trainer", "run", "tiny"},
 }
-# rollout and trainer meet only through transport messages; trainer may use the inference client only.
-ALLOWED_INFERENCE_FROM_TRAINER = {"areal_lite.inference.client"}
+ALLOWED["benchmarks"] = set(ALLOWED) | {"benchmarks"}  # developers' measurements may use any room
+# What rollout and run may use of `inference`: the client only (the trainer side meets the servers over HTTP).
+CLIENT_ONLY = {"rollout", "run"}
+RUNTIME = {"options", "algo", "utils", "envs", "config", "transport", "data", "reward", "inference", "inference.embedded",
+           "rollout", "control", "trainer", "run", "tiny"}
 
 
-def _imports(path: Path) -> list[str]:
-    tree = ast.parse(path.read_text())
-    names = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names += [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.append(node.module)
-    return [n for n in names if n == "areal_lite" or n.startswith("areal_lite.")]
+def _files():
+    for root in ("areal_lite", "examples", "benchmarks"):
+        for path in sorted((REPO / root).rglob("*.py")):
+            rel = path.relative_to(REPO).with_suffix("")
+            yield ".".join(rel.parts).removesuffix(".__init__"), path
 
 
-def _layer(module: str) -> str | None:
+def room(module: str) -> str | None:
     parts = module.split(".")
-    return parts[1] if len(parts) > 1 else None
+    if parts[0] in ("examples", "benchmarks"):
+        return parts[0]
+    if parts[0] != "areal_lite" or len(parts) < 2:
+        return None
+    if parts[1] == "inference" and len(parts) > 2 and parts[2] == "embedded":
+        return "inference.embedded"
+    return parts[1]
 
 
-def _modules():
-    for path in sorted(PKG.rglob("*.py")):
-        rel = path.relative_to(PKG.parent).with_suffix("")
-        yield ".".join(rel.parts).removesuffix(".__init__"), path
+def imports(path: Path) -> list[str]:
+    """Every import of ours in the file, at module level or inside functions."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.append(node.module)
+            out += [f"{node.module}.{a.name}" for a in node.names]  # `from areal_lite import algo`
+    return [n for n in out if n.split(".")[0] in ("areal_lite", "benchmarks", "examples")]
 
 
-def test_layers_import_only_downward():
+def test_every_file_is_in_a_room():
+    assert all(room(m) in ALLOWED for m, _ in _files() if m not in ("areal_lite",)), \
+        sorted({m for m, _ in _files() if room(m) not in ALLOWED})
+
+
+def test_rooms_import_only_through_their_doors():
     bad = []
-    for module, path in _modules():
-        layer = _layer(module)
-        if layer is None or layer not in ALLOWED:
-            continue
-        for target in _imports(path):
-            tl = _layer(target)
-            if tl is None or tl == layer:
+    for module, path in _files():
+        src = room(module)
+        for target in imports(path):
+            dst = room(target)
+            if dst is None or dst == src:
                 continue
-            if tl not in ALLOWED[layer]:
+            if dst not in ALLOWED[src]:
                 bad.append(f"{module} imports {target}")
-            elif layer == "trainer" and tl == "inference" and target not in ALLOWED_INFERENCE_FROM_TRAINER:
-                bad.append(f"{module} imports {target} (the trainer may use only the inference client)")
-    assert not bad, "forbidden imports:\n" + "\n".join(bad)
+            elif src in CLIENT_ONLY and dst == "inference" and not target.startswith("areal_lite.inference.client"):
+                bad.append(f"{module} imports {target} ({src} may use only the inference client)")
+    assert not bad, "forbidden imports:\n" + "\n".join(sorted(set(bad)))
 
 
-def test_nothing_imports_launcher_or_examples():
-    bad = [
-        f"{m} imports {t}"
-        for m, p in _modules()
-        if _layer(m) != "launcher"
-        for t in _imports(p)
-        if _layer(t) == "launcher"
-    ]
+def test_the_runtime_never_imports_tools_benchmarks_examples_or_launchers():
+    bad = [f"{m} imports {t}" for m, p in _files() if room(m) in RUNTIME for t in imports(p)
+           if room(t) in ("tools", "benchmarks", "examples", "launcher")]
     assert not bad, bad
 
 
-def test_no_module_level_import_cycles():
-    graph: dict[str, set[str]] = {}
-    for module, path in _modules():
-        tree = ast.parse(path.read_text())
-        deps = set()
-        for node in tree.body:  # module level only: function-level imports cannot cycle at import time
-            if isinstance(node, ast.Import):
-                deps |= {a.name for a in node.names if a.name.startswith("areal_lite.")}
-            elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("areal_lite"):
-                deps.add(node.module)
-        graph[module] = {d for d in deps if d != module}
-    modules = set(graph)
+def test_no_import_cycles():
+    modules = {m for m, _ in _files()}
 
     def resolve(name: str) -> str | None:
         while name and name not in modules:
             name = name.rpartition(".")[0]
         return name or None
 
+    graph = {m: {d for t in imports(p) if (d := resolve(t)) and d != m} for m, p in _files()}
     state: dict[str, int] = {}
     cycle: list[str] = []
 
     def visit(m: str, stack: list[str]) -> bool:
         state[m] = 1
         for d in graph.get(m, ()):
-            d = resolve(d)
-            if d is None or d == m:
-                continue
-            # A package importing its own submodule (re-exports) is not a cycle through the package.
-            if m.startswith(d + ".") and d + "." in m + ".":
+            # A package importing its own submodules (re-exports) is not a cycle through the package.
+            if m.startswith(d + "."):
                 continue
             if state.get(d) == 1:
                 cycle.extend(stack + [m, d])
@@ -122,7 +128,7 @@ def test_no_module_level_import_cycles():
     assert not cycle, " -> ".join(cycle)
 
 
-def test_algo_imports_nothing_else_from_areal_lite():
-    for module, path in _modules():
-        if _layer(module) == "algo":
-            assert all(_layer(t) == "algo" for t in _imports(path)), module
+def test_algo_is_pure_torch():
+    for module, path in _files():
+        if room(module) == "algo":
+            assert all(room(t) in ("algo", "options") for t in imports(path)), module

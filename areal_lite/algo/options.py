@@ -1,59 +1,47 @@
-"""Option names accepted by the algorithm functions, and their parsing.
+"""The algorithms' option names, as `areal_lite.algo` reads them; their one home is `areal_lite.options`."""
 
-The tuples are the contract with the config layer (`areal_lite.config.schema` mirrors them so that
-the CLI can validate without importing torch). Hyphen spellings (`seq-mean-token-mean`, as verl
-writes them) are accepted everywhere and mean the same as the underscore spelling.
-"""
-
-from __future__ import annotations
-
-NORM_LEVELS = ("group", "batch", "none")
-LOSS_REDUCTIONS = (
-    "token_mean",
-    "seq_mean_token_mean",
-    "seq_mean_token_sum",
-    "seq_mean_token_sum_norm",
-    "token_sum",
-    "sequence_mean",  # alias of seq_mean_token_mean (SkyRL's name)
+from areal_lite.options import (
+    ADV_ESTIMATORS,
+    ADV_WEIGHTINGS,
+    BEHAV_WEIGHT_MODES,
+    ENTROPY_SHAPING_MODES,
+    FILTER_LOSS_SCALINGS,
+    FILTER_METRICS,
+    FILTER_STRATEGIES,
+    FILTER_TOP_P_MODES,
+    FILTER_TYPES,
+    KL_ESTIMATORS,
+    LOSS_REDUCTION_ALIASES,
+    LOSS_REDUCTIONS,
+    NORM_LEVELS,
+    POLICY_LOSSES,
+    PROX_LOGP_METHODS,
+    RATIO_LEVELS,
+    SEQ_IS_AGGS,
+    SEQ_IS_MODES,
+    parse_loss_reduction,
+    parse_option,
 )
-LOSS_REDUCTION_ALIASES = {"sequence_mean": "seq_mean_token_mean"}
-KL_ESTIMATORS = ("k1", "k2", "k3")
-BEHAV_WEIGHT_MODES = ("mask", "clamp")
-RATIO_LEVELS = ("token", "sequence")
-ADV_WEIGHTINGS = ("sequence", "token")
-ENTROPY_SHAPING_MODES = ("none", "token", "sequence")
-# Policy loss forms (loss.policy_loss is "ppo"; the others live in policy_losses).
-POLICY_LOSSES = ("ppo", "cispo", "sapo", "gmpo", "reinforce", "clip_cov", "kl_cov")
-# Advantage estimators: "normalize" is group/batch normalisation (normalize); the rest in advantages.
-ADV_ESTIMATORS = ("normalize", "reinforce_pp", "reinforce_pp_baseline", "remax", "passk", "gpg", "gae")
-# Sequence-level importance weights (offpolicy.sequence_is_weights).
-SEQ_IS_AGGS = ("product", "geometric")
-SEQ_IS_MODES = ("truncate", "mask")
-# Proximal log-probs: recomputed by a forward pass, or AReaL's log-linear approximation.
-PROX_LOGP_METHODS = ("recompute", "loglinear")
-# RAGEN rollout filtering (group_filter).
-FILTER_STRATEGIES = ("top_p", "top_k", "top_k_abs", "min_p")
-FILTER_TYPES = ("largest", "smallest")
-FILTER_METRICS = ("reward_std", "reward_mean", "reward_sum", "length")
-FILTER_TOP_P_MODES = ("linear", "softmax")
-FILTER_LOSS_SCALINGS = ("none", "linear", "sqrt")
 
-
-def parse_option(value: object, choices: tuple[str, ...], name: str) -> str:
-    """Canonical (underscore, lower-case) spelling of `value`, or ValueError naming the choices.
-
-    `None` is accepted for `NORM_LEVELS` as a synonym of "none" (AReaL writes `std_level: null`).
-    """
-    if value is None and "none" in choices:
-        return "none"
-    if isinstance(value, str):
-        key = value.strip().lower().replace("-", "_")
-        if key in choices:
-            return key
-    raise ValueError(f"invalid {name}={value!r}; valid choices: {', '.join(choices)} (hyphens also accepted)")
-
-
-def parse_loss_reduction(mode: object) -> str:
-    """Canonical loss-reduction name; `sequence_mean` resolves to `seq_mean_token_mean`."""
-    key = parse_option(mode, LOSS_REDUCTIONS, "loss_reduction")
-    return LOSS_REDUCTION_ALIASES.get(key, key)
+__all__ = [
+    "ADV_ESTIMATORS",
+    "ADV_WEIGHTINGS",
+    "BEHAV_WEIGHT_MODES",
+    "ENTROPY_SHAPING_MODES",
+    "FILTER_LOSS_SCALINGS",
+    "FILTER_METRICS",
+    "FILTER_STRATEGIES",
+    "FILTER_TOP_P_MODES",
+    "FILTER_TYPES",
+    "KL_ESTIMATORS",
+    "LOSS_REDUCTION_ALIASES",
+    "LOSS_REDUCTIONS",
+    "NORM_LEVELS",
+    "POLICY_LOSSES",
+    "PROX_LOGP_METHODS",
+    "RATIO_LEVELS",
+    "SEQ_IS_AGGS",
+    "SEQ_IS_MODES",
+    "parse_loss_reduction",
+    "parse_option",
+]

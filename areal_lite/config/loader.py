@@ -1,89 +1,81 @@
-"""Loading configs: `--config X.yaml` plus `key=value` overrides, strict, with one-line errors.
+"""Loading configs: `--config X.yaml`, Hydra's override grammar and config groups, our strict schema.
 
-Every schema key can be overridden without a `+` prefix (there is no separate raw-YAML composition
-step that could reject it). Unknown keys, wrong types and invalid combinations raise `ConfigError`;
-entry points turn it into one line on stderr and exit status 2 (`exit_on_config_error`).
+    load_config(["--config", "task.yaml", "algo=dapo", "actor.optimizer.lr=3e-6", "~actor.kl_clamp"])
+
+1. The arguments are parsed with Hydra's override parser (quoting, `key=[a,b]`, `key={a: 1}`,
+   `+key=`, `++key=`, `~key`). Sweeps (`key=a,b`) are refused: one launch is one run.
+2. Hydra's compose API builds the YAML file with its `defaults` list and the config-group
+   choices of the command line (`algo=drgrpo`; presets in `areal_lite.config.presets`, your
+   own groups in folders beside the YAML).
+3. The result is merged into the schema (`ExperimentConfig`): unknown keys, wrong types and
+   invalid combinations raise `ConfigError`, one line naming the key.
+4. Value overrides are applied in order. Every schema key can be set without a `+` (`+` and `++`
+   are accepted and mean the same); `~key` resets a key to its default.
+
+`--cfg job` prints the resolved config (what the run directory's config.yaml will hold) and exits 0.
 """
 
 from __future__ import annotations
 
-import difflib
 import functools
 import os
 import sys
-from dataclasses import MISSING, fields, is_dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf import errors as oc_errors
 
-from areal_lite.config.schema import ExperimentConfig, iter_fields
+from areal_lite.config.errors import ConfigError
+from areal_lite.config.fields import default_of, group_class
+from areal_lite.config.keys import check_key, describe, first_line, is_group, leaf_keys, schema_keys
+from areal_lite.config.presets import register_presets
+from areal_lite.config.schema import ExperimentConfig
+from areal_lite.config.validate import validate
 
 T = TypeVar("T")
+PRIMARY = "areal_lite_primary"  # the --config file's name in Hydra's ConfigStore
 
 
-class ConfigError(Exception):
-    """A user mistake in the configuration; its message is one line naming the key and the problem."""
+@dataclass
+class Args:
+    config_path: str | None
+    overrides: list[str] = field(default_factory=list)
+    flags: list[str] = field(default_factory=list)
+    print_config: bool = False
 
 
 def parse_argv(argv: Sequence[str]) -> tuple[str | None, list[str], list[str]]:
-    """Split argv into (config path, key=value overrides, other --flags)."""
-    config_path = None
-    overrides: list[str] = []
-    flags: list[str] = []
-    args = list(argv)
-    i = 0
-    while i < len(args):
-        a = args[i]
-        if a == "--config":
-            if i + 1 >= len(args):
-                raise ConfigError("--config needs a path")
-            config_path = args[i + 1]
-            i += 2
-            continue
-        if a.startswith("--config="):
-            config_path = a.split("=", 1)[1]
-        elif a.startswith("-"):
-            flags.append(a)
-        elif "=" in a:
-            overrides.append(a)
-        else:
-            raise ConfigError(f"unexpected argument {a!r} (overrides are key=value, e.g. actor.optimizer.lr=1e-5)")
-        i += 1
-    return config_path, overrides, flags
+    """Split argv into (config path, overrides, other --flags); `--cfg job` comes back as the flag `--cfg=job`."""
+    args = _split(argv)
+    return args.config_path, args.overrides, args.flags + (["--cfg=job"] if args.print_config else [])
 
 
-def load_config(
-    argv: Sequence[str], cls: type[T] = ExperimentConfig, *, allow_flags: Sequence[str] = ()
-) -> T:
-    """Build a validated config of type `cls` from `--config PATH` and `key=value` overrides."""
-    config_path, overrides, flags = parse_argv(argv)
-    for flag in flags:
+def load_config(argv: Sequence[str], cls: type[T] = ExperimentConfig, *, allow_flags: Sequence[str] = ()) -> T:
+    """Build a validated config of type `cls` from `--config PATH` and overrides (ConfigError on misuse).
+
+    `allow_flags` are other `--flags` the caller handles (e.g. `--dry-run`); `--cfg job` prints the
+    resolved config to stdout and raises SystemExit(0).
+    """
+    args = _split(argv)
+    for flag in args.flags:
         if flag.split("=", 1)[0] not in allow_flags:
             raise ConfigError(f"unknown option {flag!r}")
-    merged = OmegaConf.structured(cls)
-    if config_path is not None:
-        merged = _merge_checked(merged, _load_yaml(config_path), cls, source=config_path)
-    for item in overrides:
-        key, _, raw = item.partition("=")
-        key = key.lstrip("+")
-        if not key:
-            raise ConfigError(f"override {item!r} has no key")
-        _check_key(key, cls)
-        try:
-            patch = OmegaConf.from_dotlist([f"{key}={raw}"])
-        except Exception as e:  # omegaconf's grammar errors carry no common base class
-            raise ConfigError(f"cannot parse override {item!r}: {_first_line(e)}") from None
-        merged = _merge_checked(merged, patch, cls, source="command line")
+    parsed = _parse_overrides(args.overrides)
+    groups, values = _split_groups(parsed, args.config_path, cls)
+    composed = _compose(args.config_path, groups)
+    merged = _merge_checked(_schema(cls), composed, cls, source=args.config_path or "config groups")
+    merged = _apply(merged, values, cls)
     try:
         cfg = OmegaConf.to_object(merged)
     except oc_errors.MissingMandatoryValue as e:
         raise ConfigError(f"{e.full_key}: a value is required") from None
     except oc_errors.OmegaConfBaseException as e:
-        raise ConfigError(_describe(e, cls)) from None
-    from areal_lite.config.validate import validate
-
+        raise ConfigError(describe(e, cls)) from None
     validate(cfg)
+    if args.print_config:
+        print(to_yaml(cfg), end="", flush=True)
+        raise SystemExit(0)
     return cfg
 
 
@@ -112,7 +104,7 @@ def exit_on_config_error(fn: Callable[..., int]) -> Callable[..., int]:
             return fn(*args, **kwargs)
         except Exception as e:
             # ConfigError, and any user-input error that declares exit_code 2 (e.g. data.DatasetError).
-            if not isinstance(e, ConfigError) and getattr(e, "exit_code", None) != 2:
+            if getattr(e, "exit_code", None) != 2:
                 raise
             print(f"error: {e}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
@@ -120,29 +112,161 @@ def exit_on_config_error(fn: Callable[..., int]) -> Callable[..., int]:
     return wrapper
 
 
-def help_text(cls: type = ExperimentConfig, group: str | None = None) -> str:
-    """`--help`: the groups with their help, or the keys of one group with types, defaults and help."""
-    if group is None:
-        lines = ["Config groups (`--help GROUP` lists a group's keys; see docs/config.md):"]
-        for f in fields(cls):
-            kind = "group" if is_dataclass(f.type) or _is_group(cls, f.name) else _type_name(f)
-            lines.append(f"  {f.name:<22} {f.metadata.get('help', '')}" + ("" if kind == "group" else f" [{kind}]"))
-        return "\n".join(lines)
-    lines = []
-    for key, f, _ in iter_fields(cls):
-        if key == group or key.startswith(group + "."):
-            if _is_group_field(f):
-                continue
-            default = _default_repr(f)
-            choices = f.metadata.get("choices")
-            extra = f" choices: {', '.join(choices)}." if choices else ""
-            lines.append(f"  {key} ({_type_name(f)}, default {default}): {f.metadata.get('help', '')}{extra}")
-    if not lines:
-        raise ConfigError(f"no config group {group!r}{_suggest(group, cls)}")
-    return "\n".join(lines)
+# ---------------------------------------------------------------------------------------------
+# Arguments and overrides
+# ---------------------------------------------------------------------------------------------
+
+
+def _split(argv: Sequence[str]) -> Args:
+    args, rest = Args(None), list(argv)
+    while rest:
+        a = rest.pop(0)
+        if a in ("--config", "--cfg", "-c"):
+            if not rest:
+                raise ConfigError(f"{a} needs a value" + (" (a path)" if a == "--config" else " (job)"))
+            a = f"{a}={rest.pop(0)}"
+        name, _, value = a.partition("=")
+        if name == "--config":
+            args.config_path = value
+        elif name in ("--cfg", "-c"):
+            if value != "job":
+                raise ConfigError(f"{name} {value}: only '{name} job' is supported (prints the resolved config)")
+            args.print_config = True
+        elif a.startswith("-"):
+            args.flags.append(a)
+        elif "=" in a or a.startswith("~"):
+            args.overrides.append(a)
+        else:
+            raise ConfigError(f"unexpected argument {a!r} (overrides are key=value, e.g. actor.optimizer.lr=1e-5)")
+    return args
+
+
+def _parse_overrides(overrides: list[str]) -> list:
+    if not overrides:
+        return []
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    parsed = []
+    for item in overrides:
+        try:
+            (o,) = parser.parse_overrides([item])
+        except HydraException as e:
+            raise ConfigError(f"cannot parse override {item!r}: {_hydra_reason(e)}") from None
+        if not o.key_or_group:
+            raise ConfigError(f"override {item!r} has no key")
+        if o.is_sweep_override():
+            raise ConfigError(
+                f"{item!r} is a sweep (several values), but a launch is one run: quote a value that holds a "
+                f"comma ({o.key_or_group}='a,b'), write a list as [a,b], or see 'Sweeps' in docs/config.md"
+            )
+        parsed.append(o)
+    return parsed
+
+
+def _hydra_reason(e: Exception) -> str:
+    if "LexerNoViableAlt" in str(e) or "token recognition error" in str(e):
+        return "a character the override grammar does not allow unquoted: quote the value (key='...')"
+    lines = [line.strip() for line in str(e).splitlines() if line.strip() and not line.startswith("See http")]
+    lines = [line for line in lines if not line.startswith("Error parsing override")]
+    return lines[0] if lines else type(e).__name__
+
+
+def _split_groups(parsed: list, config_path: str | None, cls: type) -> tuple[list, list]:
+    """(config-group overrides for Hydra, value overrides for the schema), each in command-line order.
+
+    A key is a config group when it names one (`algo`, or a folder beside the YAML) and is not a
+    schema key; `group/sub=x` and `group@package=x` are always groups.
+    """
+    known = schema_keys(cls)
+    unknown = {o.key_or_group for o in parsed if o.key_or_group not in known and "." not in o.key_or_group}
+    group_names: set[str] = set()
+    if unknown:
+        with _hydra(config_path) as loader:
+            group_names = {k for k in unknown if loader.get_group_options(k)}
+    is_group_override = [o.package is not None or "/" in o.key_or_group or o.key_or_group in group_names
+                         for o in parsed]
+    groups = [o for o, g in zip(parsed, is_group_override) if g]
+    # A later choice of the same group replaces an earlier one (Hydra would refuse two `+group=`).
+    last = {(o.key_or_group, o.package): i for i, o in enumerate(groups) if not o.is_delete()}
+    groups = [o for i, o in enumerate(groups) if o.is_delete() or last[(o.key_or_group, o.package)] == i]
+    return groups, [o for o, g in zip(parsed, is_group_override) if not g]
 
 
 # ---------------------------------------------------------------------------------------------
+# Composition (Hydra) and merging into the schema
+# ---------------------------------------------------------------------------------------------
+
+
+class _hydra:
+    """Hydra initialised with the --config file's folder (for its groups) and our presets; yields the config loader.
+
+    A Hydra app that loads an areal_lite config gets its own Hydra state back afterwards.
+    """
+
+    def __init__(self, config_path: str | None):
+        self.config_dir = os.path.dirname(os.path.abspath(config_path)) if config_path else None
+
+    def __enter__(self):
+        from hydra import initialize, initialize_config_dir
+        from hydra.core.global_hydra import GlobalHydra
+        from hydra.initialize import get_gh_backup
+
+        register_presets()
+        self.outer = get_gh_backup()
+        GlobalHydra.instance().clear()
+        if self.config_dir is None:
+            self.ctx = initialize(config_path=None, version_base=None, job_name="areal_lite")
+        else:
+            self.ctx = initialize_config_dir(config_dir=self.config_dir, version_base=None, job_name="areal_lite")
+        self.ctx.__enter__()
+        return GlobalHydra.instance().config_loader()
+
+    def __exit__(self, *exc):
+        from hydra.initialize import restore_gh_from_backup
+
+        self.ctx.__exit__(*exc)
+        restore_gh_from_backup(self.outer)
+        return False
+
+
+def _compose(config_path: str | None, groups: list) -> DictConfig:
+    """The YAML file with its defaults list and the command line's group choices, as one raw config."""
+    primary = _load_yaml(config_path) if config_path else OmegaConf.create({})
+    if not groups and "defaults" not in primary and "hydra" not in primary:
+        return primary  # a file without a defaults list composes to itself
+    from hydra import compose
+    from hydra.core.config_store import ConfigStore
+    from hydra.core.override_parser.types import OverrideType
+    from hydra.errors import HydraException
+
+    ConfigStore.instance().store(name=PRIMARY, node=primary)
+    with _hydra(config_path):
+        try:
+            chosen = set(compose(config_name=PRIMARY, return_hydra_config=True).hydra.runtime.choices) if groups else ()
+            # Hydra wants `+group=x` for a group no defaults list names; `group=x` works for both here.
+            lines = [f"+{o.input_line}" if o.type == OverrideType.CHANGE and o.key_or_group not in chosen
+                     else o.input_line for o in groups]
+            return compose(config_name=PRIMARY, overrides=lines)
+        except (HydraException, oc_errors.OmegaConfBaseException) as e:
+            raise ConfigError(_group_error(e, config_path)) from None
+
+
+def _group_error(e: Exception, config_path: str | None) -> str:
+    text = str(e)
+    where = f" ({config_path})" if config_path else ""
+    if "Could not find" in text and "Available options in" in text:
+        missing = text.split("Could not find '", 1)[1].split("'", 1)[0]
+        group, _, name = missing.rpartition("/")
+        listing = text.split("Available options in", 1)[1].split("Config search path", 1)[0]
+        options = [line.strip() for line in listing.splitlines()[1:] if line.strip()]
+        return f"{group}: no config {name!r} in group {group!r} (choices: {', '.join(options)}){where}"
+    for marker in ("Could not find '", "Could not load '"):
+        if marker in text:
+            missing = text.split(marker, 1)[1].split("'", 1)[0]
+            return f"defaults: config {missing!r} not found beside the config file{where}"
+    return f"config composition: {_hydra_reason(e)}{where}"
 
 
 def _load_yaml(path: str) -> DictConfig:
@@ -151,125 +275,56 @@ def _load_yaml(path: str) -> DictConfig:
     try:
         loaded = OmegaConf.load(path)
     except Exception as e:  # YAML scanner/parser errors come from PyYAML
-        raise ConfigError(f"cannot parse {path}: {_first_line(e)}") from None
+        raise ConfigError(f"cannot parse {path}: {first_line(e)}") from None
     if not isinstance(loaded, DictConfig):
         raise ConfigError(f"{path}: the top level must be a mapping of config groups")
     return loaded
 
 
 def _merge_checked(base: DictConfig, patch: DictConfig, cls: type, *, source: str) -> DictConfig:
-    for key in _leaf_keys(patch):
-        _check_key(key, cls, source=source)
+    for key in leaf_keys(patch):
+        check_key(key, cls, source=source)
     try:
         return OmegaConf.merge(base, patch)
     except oc_errors.OmegaConfBaseException as e:
-        raise ConfigError(_describe(e, cls, source=source)) from None
+        raise ConfigError(describe(e, cls, source=source)) from None
 
 
-def _leaf_keys(node: Any, prefix: str = "") -> list[str]:
-    """Dotted keys of a raw config tree (descending into mappings only)."""
-    if not isinstance(node, DictConfig):
-        return [prefix] if prefix else []
-    keys = []
-    for k in node.keys():
-        sub = node._get_node(k)
-        path = f"{prefix}.{k}" if prefix else str(k)
-        if isinstance(sub, DictConfig) and not sub._is_none() and not sub._is_missing():
-            child = _leaf_keys(sub, path)
-            keys.extend(child or [path])
-        else:
-            keys.append(path)
-    return keys
+@functools.lru_cache(maxsize=None)
+def _schema(cls: type) -> DictConfig:
+    """The schema with its defaults as a typed config (built once: merges copy it, never change it)."""
+    return OmegaConf.structured(cls)
 
 
-def _schema_keys(cls: type) -> dict[str, Any]:
-    return {key: f for key, f, _ in iter_fields(cls)}
+def _apply(merged: DictConfig, overrides: list, cls: type) -> DictConfig:
+    """The value overrides, in order, as one patch merged into `merged` (merges copy the whole config).
 
-
-def _check_key(key: str, cls: type, *, source: str = "command line") -> None:
-    """Raise ConfigError unless `key` is a schema key or lies inside a free-form dict field."""
-    known = _schema_keys(cls)
-    if key in known:
-        if _is_group_field(known[key]):
-            raise ConfigError(f"{key} is a group of keys, not a value: set {key}.<key>=... ({source})")
-        return
-    parts = key.split(".")
-    for i in range(len(parts) - 1, 0, -1):
-        parent = ".".join(parts[:i])
-        f = known.get(parent)
-        if f is not None and _is_free_dict(f):
-            return
-        if f is not None and not _is_group_field(f):
-            raise ConfigError(f"{parent} is a value, not a group: cannot set {key!r} ({source})")
-    raise ConfigError(f"unknown config key {key!r} ({source}){_suggest(key, cls)}")
-
-
-def _suggest(key: str, cls: type) -> str:
-    """' (did you mean a.b?)' with the nearest valid keys, or ''."""
-    schema = _schema_keys(cls)
-    known = [k for k, f in schema.items() if not _is_group_field(f)]
-    leaf = key.split(".")[-1]
-    top = key.split(".")[0]
-    by_leaf = [k for k in known if k.split(".")[-1] == leaf]
-    same_top = [k for k in by_leaf if k.split(".")[0] == top]
-    by_leaf = sorted(same_top or by_leaf, key=len)
-    leaves = {k.split(".")[-1] for k in known}
-    close_leaves = difflib.get_close_matches(leaf, list(leaves), n=3, cutoff=0.75)
-    by_close_leaf = [k for k in known if k.split(".")[-1] in close_leaves and k.split(".")[0] == top]
-    by_path = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
-    picks: list[str] = []
-    for k in [*by_leaf, *by_path, *by_close_leaf]:
-        if k not in picks:
-            picks.append(k)
-    if not picks:
-        return ""
-    return f" (did you mean {' or '.join(picks[:3])}?)"
-
-
-def _describe(e: oc_errors.OmegaConfBaseException, cls: type, *, source: str = "") -> str:
-    key = getattr(e, "full_key", None) or ""
-    value = getattr(e, "value", None)
-    where = f" ({source})" if source else ""
-    if isinstance(e, oc_errors.ConfigKeyError):
-        return f"unknown config key {key!r}{where}{_suggest(key, cls)}"
-    f = _schema_keys(cls).get(key)
-    if f is not None:
-        expected = _type_name(f)
-        if value is None and _default_repr(f) in ("required", "''"):
-            return f"{key}: required, got an empty value (expected {expected}){where}"
-        if value is None:
-            return f"{key}: null is not allowed (expected {expected}){where}"
-        return f"{key}: expected {expected}, got {value!r}{where}"
-    return f"{key or 'config'}: {_first_line(e)}{where}"
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
-
-
-def _type_name(f) -> str:
-    t = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-    return str(t).replace("typing.", "").replace("Optional[", "").rstrip("]") if "Optional" in str(t) else str(t)
-
-
-def _is_group_field(f) -> bool:
-    from areal_lite.config.schema import _dataclass_type
-
-    return _dataclass_type(f) is not None
-
-
-def _is_group(cls: type, name: str) -> bool:
-    return any(f.name == name and _is_group_field(f) for f in fields(cls))
-
-
-def _is_free_dict(f) -> bool:
-    return str(f.type).startswith(("Dict", "dict", "typing.Dict"))
-
-
-def _default_repr(f) -> str:
-    if f.default is not MISSING:
-        return repr(f.default)
-    if f.default_factory is not MISSING:  # type: ignore[misc]
-        return repr(f.default_factory())  # type: ignore[misc]
-    return "required"
+    `key=value` sets a key (a mapping value sets a group's keys); `~key` resets it to its default
+    (`~key=value` only if it currently holds that value); `~dict.key` removes a free dict's entry.
+    """
+    if not overrides:
+        return merged
+    patch, removed = OmegaConf.create(), []
+    for o in overrides:
+        key, value = o.key_or_group, o.value()
+        check_key(key, cls, group_ok=o.is_delete() or isinstance(value, dict))
+        removed = [k for k in removed if k != key]
+        if not o.is_delete():
+            OmegaConf.update(patch, key, value, force_add=True)
+            continue
+        current = OmegaConf.select(patch, key, default=OmegaConf.select(merged, key, default=None))
+        if value is not None and value != current:
+            raise ConfigError(f"~{key}={value}: {key} is {current!r}, not {value!r} (command line)")
+        entry = schema_keys(cls).get(key)
+        if entry is None:  # an entry of a free dict (launcher.env.X)
+            removed.append(key)
+            continue
+        default = OmegaConf.structured(group_class(*entry)) if is_group(cls, key) else default_of(entry[0])
+        OmegaConf.update(patch, key, default, merge=False, force_add=True)
+    merged = _merge_checked(merged, patch, cls, source="command line")
+    for key in removed:
+        parent, _, name = key.rpartition(".")
+        node = OmegaConf.select(merged, parent)
+        if node is not None and name in node:
+            del node[name]
+    return merged

@@ -17,7 +17,6 @@ versions its tokens actually carry) when a batch is assembled.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import queue
@@ -30,7 +29,8 @@ from typing import Any, Sequence
 import numpy as np
 import zmq
 
-from areal_lite.control.prompts import PromptSource
+from areal_lite.control.ledger import Ledger
+from areal_lite.control.prompts import PromptSource, parse_prompt_id
 from areal_lite.control.staleness import StalenessManager
 from areal_lite.transport import Codec, PullReceiver, Publisher, RouterServer, TrajectoryGroup, decode_group, encode_group
 
@@ -77,44 +77,6 @@ class WorkerState:
     granted_total: int = 0
     last_seen: float = field(default_factory=time.monotonic)
     grants: dict[str, Grant] = field(default_factory=dict)
-
-
-class Ledger:
-    """Append-only JSON lines of prompt outcomes (`{run_dir}/ledger.jsonl`), for exactly-once audits."""
-
-    def __init__(self, path: str | None):
-        self.path = path
-        self._lock = threading.Lock()
-        self._fh = open(path, "a", buffering=1) if path else None
-
-    def write(self, **event: Any) -> None:
-        if self._fh is None:
-            return
-        event.setdefault("t", round(time.time(), 3))
-        line = json.dumps(event, separators=(",", ":"))
-        with self._lock:
-            self._fh.write(line + "\n")
-
-    def offset(self) -> int:
-        if self._fh is None:
-            return 0
-        with self._lock:
-            self._fh.flush()
-            return self._fh.tell()
-
-    def truncate(self, offset: int) -> None:
-        """Drop events after `offset` (those of steps a restarted run repeats)."""
-        if self._fh is None:
-            return
-        with self._lock:
-            self._fh.flush()
-            self._fh.truncate(offset)
-            self._fh.seek(offset)
-
-    def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
 
 
 class RolloutController:
@@ -442,8 +404,7 @@ class RolloutController:
                 worker.want -= 1
                 worker.granted_total += 1
                 self.staleness.on_grant()
-                _, index = pid.split(":")
-                items.append({"prompt_id": pid, "record": self.records[int(index)]})
+                items.append({"prompt_id": pid, "record": self.records[parse_prompt_id(pid)[1]]})
             if items:
                 self.router.send(worker.identity, "grant", {"items": items})
                 self.counters["granted"] += len(items)

@@ -65,9 +65,6 @@ class PromptSource:
         """Put prompts back at the front, keeping the given order."""
         self._requeued.extendleft(reversed(list(prompt_ids)))
 
-    def epoch_of(self, prompt_id: str) -> int:
-        return parse_prompt_id(prompt_id)[0]
-
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "position": self.position, "requeued": list(self._requeued)}
 

@@ -15,7 +15,7 @@ fresh enough, and checking every group when a batch is assembled).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 
 @dataclass
@@ -63,6 +63,3 @@ class StalenessManager:
     def load_state_dict(self, state: dict) -> None:
         self.accepted = int(state["accepted"])
         self.running = 0
-
-    def snapshot(self) -> dict:
-        return asdict(self)

@@ -152,20 +152,43 @@ def generate_arith_records(
     return records
 
 
+def arith_option_defaults() -> dict:
+    """The options `synthetic:arith` takes and their defaults: `num_records` (train), `seed`, every `ArithSpec` field."""
+    return {"num_records": 2000, "seed": 0, **{f.name: f.default for f in fields(ArithSpec)}}
+
+
+def arith_option_names() -> list[str]:
+    return list(arith_option_defaults())
+
+
+def arith_num_records(options: dict, split: str) -> int:
+    """How many records `synthetic:arith` yields for `split` under `options` (default 2000 train, 200 held out)."""
+    return int(options.get("num_records", 2000 if split == "train" else 200))
+
+
+def arith_spec_from_options(options: dict) -> ArithSpec:
+    """The checked `ArithSpec` of the options; DatasetError for an unknown option or an impossible spec."""
+    unknown = set(options) - set(arith_option_names())
+    if unknown:
+        raise DatasetError(f"synthetic:arith: unknown option(s) {', '.join(sorted(unknown))}")
+    spec_keys = {f.name for f in fields(ArithSpec)}
+    try:
+        spec = ArithSpec(**{k: v for k, v in options.items() if k in spec_keys})
+        spec.check()
+    except TypeError as e:  # a value of the wrong type (e.g. max_steps: four)
+        raise DatasetError(f"synthetic:arith: {e}") from None
+    return spec
+
+
 def arith_records_from_options(options: dict, split: str) -> list[dict]:
     """Records for `synthetic:arith` from the config's `synthetic` options.
 
     Options: `num_records` (default 2000 for train, 200 held out), `seed` (default 0) and any
     `ArithSpec` field; unknown keys raise DatasetError.
     """
-    spec_keys = {f.name for f in fields(ArithSpec)}
-    unknown = set(options) - spec_keys - {"num_records", "seed"}
-    if unknown:
-        raise DatasetError(f"synthetic:arith: unknown option(s) {', '.join(sorted(unknown))}")
-    default_n = 2000 if split == "train" else 200
+    spec = arith_spec_from_options(options)
     try:
-        spec = ArithSpec(**{k: v for k, v in options.items() if k in spec_keys})
-        return generate_arith_records(int(options.get("num_records", default_n)), split=split,
+        return generate_arith_records(arith_num_records(options, split), split=split,
                                       seed=int(options.get("seed", 0)), spec=spec)
     except TypeError as e:
         raise DatasetError(f"synthetic:arith: {e}") from None

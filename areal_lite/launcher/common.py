@@ -7,17 +7,17 @@ the machine) exit with status 2 and one line, before any process starts.
 from __future__ import annotations
 
 import os
-import re
-import shutil
+import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from typing import Callable
 
-from areal_lite.config import ConfigError, ExperimentConfig, load_config, save_config
-from areal_lite.config.schema import resolved_trainer_world_size, run_dir
+import psutil
 
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+from areal_lite.config import ConfigError, ExperimentConfig, load_config, preflight, save_config
+from areal_lite.config.schema import run_dir
 
 
 @dataclass
@@ -46,46 +46,6 @@ def parse_launch_args(argv: list[str], prog: str) -> LaunchArgs:
     return LaunchArgs(os.path.abspath(entry), cfg, "--dry-run" in rest, rest)
 
 
-def looks_local(path: str) -> bool:
-    return path.startswith(("/", "./", "../", "~")) or os.path.exists(path) or not HUB_ID.match(path)
-
-
-def preflight(cfg: ExperimentConfig, *, check_devices: bool = True) -> None:
-    """Machine-level checks; ConfigError names the key and the problem."""
-    actor = cfg.actor.path
-    if cfg.prepare.model == "none" and looks_local(actor):
-        if not os.path.isdir(os.path.expanduser(actor)):
-            raise ConfigError(f"actor.path: model directory not found: {actor}")
-        if not os.path.isfile(os.path.join(os.path.expanduser(actor), "config.json")):
-            raise ConfigError(f"actor.path: {actor} has no config.json (not a transformers model directory)")
-    for key, ds in (("train_dataset", cfg.train_dataset), ("valid_dataset", cfg.valid_dataset)):
-        path = ds.path
-        if not path or path.startswith("synthetic:"):
-            continue
-        if looks_local(path) and not os.path.exists(os.path.expanduser(path)):
-            raise ConfigError(f"{key}.path: dataset not found: {path}")
-    if check_devices and cfg.allocation.device == "cuda":
-        have = _visible_gpus()
-        need = cfg.allocation.inference.num_servers * (
-            cfg.allocation.inference.tp_size if cfg.allocation.inference.backend == "sglang" else 1
-        ) + resolved_trainer_world_size(cfg)
-        if cfg.cluster.n_nodes == 1 and have < need:
-            raise ConfigError(f"allocation: needs {need} GPUs on this machine but {have} are visible")
-    if cfg.allocation.inference.backend == "sglang" and check_devices and shutil.which("nvidia-smi") is None:
-        raise ConfigError("allocation.inference.backend: sglang needs NVIDIA GPUs (nvidia-smi not found)")
-
-
-def _visible_gpus() -> int:
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env is not None:
-        return len([d for d in env.split(",") if d.strip()])
-    try:
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20)
-        return sum(line.startswith("GPU ") for line in out.stdout.splitlines())
-    except (OSError, subprocess.SubprocessError):
-        return 0
-
-
 def write_run_config(cfg: ExperimentConfig) -> str:
     """Create the run directory and write the resolved config; returns its path."""
     rdir = os.path.abspath(run_dir(cfg))
@@ -99,19 +59,69 @@ def write_run_config(cfg: ExperimentConfig) -> str:
     return path
 
 
-def run_prepare(cfg: ExperimentConfig, config_path: str, log_path: str, *, env: dict[str, str] | None = None) -> None:
-    """Build the tiny model (and its SFT warm start) at actor.path when the config asks and it is missing."""
+class Stopped(Exception):
+    """A stop signal (SIGINT, SIGTERM, SIGHUP) arrived."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def kill_process_tree(pid: int, sig: int) -> None:
+    """Signal `pid` and every descendant, wherever their sessions are (torchrun puts each rank in a
+    session of its own, so a process-group kill misses them)."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for p in procs:
+        try:
+            p.send_signal(sig)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    try:  # its process group too: a child may have outlived its parent and left the tree
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (exited, not yet reaped by the batch shell) is gone too
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def run_prepare(cfg: ExperimentConfig, config_path: str, log_path: str, *, env: dict[str, str] | None = None,
+                stop: Callable[[], int | None] = lambda: None) -> None:
+    """Build the tiny model (and its SFT warm start) at actor.path when the config asks and it is missing.
+
+    `stop()` returning a signal number (one arrived) stops the preparation within a fraction of a
+    second: its process tree is killed and Stopped is raised.
+    """
     if cfg.prepare.model == "none" or os.path.isfile(os.path.join(cfg.actor.path, "config.json")):
         return
     t0 = time.time()
     print(f"[launcher] preparing the model at {cfg.actor.path} (log: {log_path})", flush=True)
     with open(log_path, "ab") as log:
-        rc = subprocess.call(
+        proc = subprocess.Popen(
             [sys.executable, "-m", "areal_lite.tiny.prepare", "--config", config_path],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
+            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True,
         )
+        while (rc := proc.poll()) is None:
+            if (signum := stop()) is not None:
+                kill_process_tree(proc.pid, signal.SIGKILL)
+                proc.wait()
+                raise Stopped(signum)
+            time.sleep(0.2)
     if rc != 0:
         raise RuntimeError(f"model preparation failed (exit {rc}); see {log_path}:\n{tail(log_path)}")
     print(f"[launcher] model ready in {time.time() - t0:.0f}s", flush=True)
@@ -141,5 +151,5 @@ def tail(path: str, n: int = 20) -> str:
 
 def load_for_launcher(argv: list[str], prog: str) -> LaunchArgs:
     args = parse_launch_args(argv, prog)
-    preflight(args.cfg, check_devices=not args.dry_run)
+    preflight(args.cfg, check_devices=not args.dry_run, local=True)  # areal_lite/config/preflight.py
     return args

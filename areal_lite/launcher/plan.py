@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import secrets
 import shlex
-import shutil
 import sys
 import uuid
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from areal_lite.config.schema import (
     resolved_trainer_world_size,
     run_dir,
 )
+from areal_lite.run.rundir import RunDir
 from areal_lite.utils.net import free_port
 from areal_lite.utils.runenv import ENV_API_KEY, RunEnv, redact_env
 
@@ -101,6 +101,14 @@ class PortPicker:
         return port
 
 
+def reachable_host(host: str, bind: str) -> str:
+    """The address other processes use for a process on `host` that binds `bind`: this machine's
+    loopback, unless it binds one specific interface (then only that address answers)."""
+    if host != "localhost":
+        return host
+    return bind if bind not in (*LOOPBACK, "0.0.0.0", "::", "") else "127.0.0.1"
+
+
 def multi_host(cfg: ExperimentConfig) -> bool:
     return cfg.cluster.n_nodes > 1 or cfg.cluster.bind_host not in LOOPBACK
 
@@ -121,7 +129,7 @@ def server_command(cfg: ExperimentConfig, *, host: str, port: int, seed: int, we
     first: the trainer prunes old `v{N}` folders while the new server is still starting.
     """
     if model_path is not None and _inside(model_path, weights_dir):
-        model_path, weight_version = pin_newest_weights(weights_dir, f"server-{port}")
+        model_path, weight_version = RunDir(os.path.dirname(weights_dir)).pin_newest_weights(f"server-{port}")
     path = model_path or cfg.actor.path
     if cfg.allocation.inference.backend == "sglang":
         from areal_lite.inference.sglang import build_sglang_command
@@ -153,31 +161,6 @@ def server_command(cfg: ExperimentConfig, *, host: str, port: int, seed: int, we
 def _inside(path: str, root: str) -> bool:
     path, root = os.path.realpath(path), os.path.realpath(root)
     return os.path.commonpath([path, root]) == root
-
-
-def pin_newest_weights(weights_dir: str, name: str) -> tuple[str, int]:
-    """Hard-link the newest complete `weights/v{N}` into `weights/pinned/{name}`; returns (path, N).
-
-    Links cost no space, and the trainer's pruning (which removes only `v{N}` names) cannot pull the
-    files from under a server that is loading them. A folder pruned while it is being linked is
-    skipped for the next newest.
-    """
-    dest = os.path.join(weights_dir, "pinned", name)
-    for _ in range(20):
-        versions = sorted((int(n[1:]) for n in os.listdir(weights_dir) if n[:1] == "v" and n[1:].isdigit()),
-                          reverse=True)
-        for version in versions:
-            src = os.path.join(weights_dir, f"v{version}")
-            shutil.rmtree(dest, ignore_errors=True)
-            try:
-                os.makedirs(dest)
-                for f in os.listdir(src):
-                    os.link(os.path.join(src, f), os.path.join(dest, f))
-            except FileNotFoundError:
-                continue
-            if os.path.isfile(os.path.join(dest, "config.json")):
-                return dest, version
-    raise FileNotFoundError(f"no complete weights under {weights_dir}")
 
 
 def build_plan(
@@ -234,7 +217,7 @@ def build_plan(
         node, devices = placement.servers[i] if placement else (0, [])
         host = hosts[node]
         port = ports()
-        url_host = "127.0.0.1" if host == "localhost" else host
+        url_host = reachable_host(host, bind)
         env = dict(base_env)
         if gpu:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, devices))
@@ -252,7 +235,7 @@ def build_plan(
     trainer_devices = placement.trainer if placement else [(n, []) for n in range(t.nnodes)]
     trainer_nodes = [n for n, _ in trainer_devices]
     head = trainer_nodes[0]
-    head_host = "127.0.0.1" if hosts[head] == "localhost" else hosts[head]
+    head_host = reachable_host(hosts[head], bind)
     traj_port, ctrl_port, pub_port, master_port, sync_port = ports(), ports(), ports(), ports(), ports()
     run_env = RunEnv(
         role="trainer",

@@ -8,9 +8,9 @@
     # the plan and the placement groups, nothing started (no Ray needed)
     python -m areal_lite.launcher.ray ... --dry-run
 
-The same plan as the local launcher (`plan.build_plan`) with the same start order, supervision,
-restarts, progress line and exit codes: the supervisor is the local one (`LocalSupervisor`); only
-process control goes through Ray. Every process of the plan is a subprocess of one `ProcessHost`
+The same plan as the local launcher (`plan.build_plan`) and the same supervisor (start order,
+supervision, restarts, progress line, exit codes: launcher/supervisor.py); only process control
+goes through Ray (`RayActors`). Every process of the plan is a subprocess of one `ProcessHost`
 actor, in its own session, its output in `{run}/logs/<name>.log` on the actor's node:
 
 - placement: one placement group per role (servers, trainer, rollout workers); each bundle is pinned
@@ -47,10 +47,10 @@ from dataclasses import dataclass
 
 from areal_lite.config import ConfigError, exit_on_config_error
 from areal_lite.config.schema import ExperimentConfig, run_dir
-from areal_lite.launcher.common import load_for_launcher, run_prepare, tail, write_run_config
-from areal_lite.launcher.local import Child, LaunchError, LocalSupervisor, _Stopped
+from areal_lite.launcher.common import Stopped, kill_process_tree, load_for_launcher, run_prepare, tail, write_run_config
 from areal_lite.launcher.plan import LOOPBACK, Plan, PortPicker, ProcessSpec, build_plan, torch_threads
 from areal_lite.launcher.ray_host import ProcessHost
+from areal_lite.launcher.supervisor import STOP_SIGNALS, Backend, Child, LaunchError, Supervisor
 
 RPC_S = 30.0  # a ProcessHost call that takes longer means its node is in trouble
 START_S = 180.0  # a new actor: a Ray worker process starts first
@@ -186,10 +186,13 @@ class RayProcess:
         return self.returncode
 
 
-class RaySupervisor(LocalSupervisor):
-    def __init__(self, cfg: ExperimentConfig, plan: Plan, placed: dict[str, tuple[object, list[Bundle]]],
-                 files: dict[str, str], here: str):
-        super().__init__(cfg, plan)
+class RayActors(Backend):
+    """Each process of the plan a subprocess of one `ProcessHost` actor, in its placement-group bundle."""
+
+    where = "Ray nodes"
+
+    def __init__(self, plan: Plan, placed: dict[str, tuple[object, list[Bundle]]], files: dict[str, str], here: str):
+        self.plan = plan
         self.placed = placed  # role → (placement group, bundles in plan order)
         self.files = files
         self.here = here  # this machine's IP (processes placed here can be signalled directly)
@@ -205,7 +208,7 @@ class RaySupervisor(LocalSupervisor):
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         old = self.actors.get(child.spec.name)
-        if old is not None and not (isinstance(child.proc, RayProcess) and child.proc.lost):
+        if old is not None and not (isinstance(child.handle, RayProcess) and child.handle.lost):
             return old
         if old is not None:
             ray.kill(old, no_restart=True)
@@ -218,67 +221,60 @@ class RaySupervisor(LocalSupervisor):
         self.actors[child.spec.name] = actor
         return actor
 
-    def _spawn(self, child: Child) -> None:
+    def start(self, child: Child) -> RayProcess:
         import ray
-
-        actor = self._actor(child)
-        logs = os.path.dirname(child.log_path)
-        dirs = [logs, os.path.join(self.plan.run_dir, "weights")]
         from ray.exceptions import GetTimeoutError, RayError
 
+        actor = self._actor(child)
+        dirs = [os.path.dirname(child.log_path), os.path.join(self.plan.run_dir, "weights")]
         try:
             pid = ray.get(actor.start.remote(child.spec.cmd, child.spec.env, child.log_path, self.files, dirs,
                                              bool(child.spec.devices)), timeout=START_S)
         except (RayError, GetTimeoutError) as e:
             raise LaunchError(f"could not start {child.spec.name} on {child.spec.host}: {e}") from None
-        child.proc = RayProcess(actor, pid)
-        child.done = False
-        self._say(f"started {child.spec.name} (pid {pid} on {child.spec.host}, log {child.log_path})")
+        return RayProcess(actor, pid)
 
     def _on_this_machine(self, child: Child) -> bool:
         return child.spec.host in ("localhost", self.here)
 
-    def _signal_group(self, child: Child, sig: int) -> None:
+    def kill_tree(self, child: Child, sig: int) -> None:
         import ray
         from ray.exceptions import GetTimeoutError, RayActorError
 
         try:
-            ray.get(child.proc.actor.signal_group.remote(sig), timeout=RPC_S)
+            ray.get(child.handle.actor.kill_tree.remote(sig), timeout=RPC_S)
             return
         except (RayActorError, GetTimeoutError):
             pass
-        if self._on_this_machine(child):  # the actor is gone; its process group may not be
-            try:
-                os.killpg(child.proc.pid, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
+        if self._on_this_machine(child):  # the actor is gone; its processes may not be
+            kill_process_tree(child.handle.pid, sig)
 
-    def _tail(self, child: Child) -> str:
+    def tail(self, child: Child) -> str:
         import ray
         from ray.exceptions import GetTimeoutError, RayActorError
 
-        if child.proc is not None and not child.proc.lost:
+        if child.handle is not None and not child.handle.lost:
             try:
-                return ray.get(child.proc.actor.tail.remote(), timeout=RPC_S)
+                return ray.get(child.handle.actor.tail.remote(), timeout=RPC_S)
             except (RayActorError, GetTimeoutError):
                 pass
         return tail(child.log_path) if self._on_this_machine(child) else "(the log is on a lost node)"
 
-    def _read_metrics(self, pos: int) -> str:
+    def read_file(self, path: str, pos: int) -> str:
+        """The trainer's node writes the metrics: read them through its actor."""
         import ray
         from ray.exceptions import GetTimeoutError, RayActorError
 
-        head = next(c for c in self.children if c.spec.role == "trainer")
-        if head.proc is None or head.proc.lost:
+        actor = self.actors.get(self.plan.trainers[0].name)
+        if actor is None:
             return ""
         try:
-            return ray.get(head.proc.actor.read_from.remote(os.path.join(self.plan.run_dir, "metrics.jsonl"), pos),
-                           timeout=RPC_S)
+            return ray.get(actor.read_from.remote(path, pos), timeout=RPC_S)
         except (RayActorError, GetTimeoutError):
             return ""
 
     def release(self) -> None:
-        """Kill the actors (after stop_all stopped their processes)."""
+        """Kill the actors (after the supervisor stopped their processes)."""
         import ray
 
         for actor in self.actors.values():
@@ -386,15 +382,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     received: list[int] = []
-    supervisor: RaySupervisor | None = None
+    supervisor: Supervisor | None = None
 
     def on_signal(signum, _frame):
         received.append(signum)
         if supervisor is not None:
             supervisor.stop_signal = signum
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, on_signal)
     set_local_auth(cfg)
     import ray
 
@@ -403,8 +399,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         started = connect(cfg)
         # NOTE: ray.init installs its own SIGTERM handler (sys.exit); ours must come after it.
-        signal.signal(signal.SIGINT, on_signal)
-        signal.signal(signal.SIGTERM, on_signal)
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, on_signal)
         res = ray.cluster_resources()
         print(f"[launcher] Ray cluster: {'started locally' if started else cfg.launcher.ray.address}, "
               f"{res.get('CPU', 0):g} CPU, {res.get('GPU', 0):g} GPU", flush=True)
@@ -412,22 +408,20 @@ def main(argv: list[str] | None = None) -> int:
         write_run_config(cfg)
         print(describe_groups(by_role(all_bundles)), flush=True)
         if received:
-            raise _Stopped(received[0])
-        run_prepare(cfg, config_path, os.path.join(plan.run_dir, "logs", "prepare.log"))
+            raise Stopped(received[0])
+        run_prepare(cfg, config_path, os.path.join(plan.run_dir, "logs", "prepare.log"),
+                    stop=lambda: received[0] if received else None)
         placed = reserve(all_bundles, hosts, pin=plan.all()[0].host != "localhost", run_id=plan.run_id)
         with open(config_path) as fh:
             files = {config_path: fh.read()}
-        supervisor = RaySupervisor(cfg, plan, placed, files, here)
+        supervisor = Supervisor(cfg, plan, RayActors(plan, placed, files, here))
         if received:
-            raise _Stopped(received[0])
-        try:
-            return supervisor.run()
-        finally:
-            supervisor.release()
+            raise Stopped(received[0])
+        return supervisor.run()
     except (LaunchError, RuntimeError) as e:
         print(f"[launcher] error: {e}", flush=True)
         return 1
-    except _Stopped as e:
+    except Stopped as e:
         print(f"[launcher] received {signal.Signals(e.signum).name}: stopping", flush=True)
         return 128 + e.signum
     finally:

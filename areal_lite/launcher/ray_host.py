@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 
-from areal_lite.launcher.common import read_from, tail
-from areal_lite.utils.net import free_port
+from areal_lite.launcher.common import kill_process_tree, read_from, tail
+from areal_lite.utils.net import free_ports, port_free
 
 
 
@@ -43,15 +42,10 @@ class ProcessHost:
         return ray.util.get_node_ip_address()
 
     def free_ports(self, count: int) -> list[int]:
-        ports: list[int] = []
-        while len(ports) < count:
-            port = free_port("")
-            if port not in ports:
-                ports.append(port)
-        return ports
+        return free_ports(count)
 
     def ports_free(self, ports: list[int]) -> list[bool]:
-        return [_port_free(p) for p in ports]
+        return [port_free(p) for p in ports]
 
     def start(self, cmd: list[str], env: dict[str, str], log_path: str, files: dict[str, str],
               dirs: list[str], gpu: bool) -> int:
@@ -74,12 +68,10 @@ class ProcessHost:
     def poll(self) -> int | None:
         return None if self.proc is None else self.proc.poll()
 
-    def signal_group(self, sig: int) -> None:
+    def kill_tree(self, sig: int) -> None:
+        """Signal the process and every descendant (torchrun's ranks live in sessions of their own)."""
         if self.proc is not None:
-            try:
-                os.killpg(self.proc.pid, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
+            kill_process_tree(self.proc.pid, sig)
             self.proc.poll()  # reap
 
     def tail(self) -> str:
@@ -87,12 +79,3 @@ class ProcessHost:
 
     def read_from(self, path: str, pos: int) -> str:
         return read_from(path, pos)
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("", port))
-            return True
-        except OSError:
-            return False

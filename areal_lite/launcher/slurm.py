@@ -1,22 +1,18 @@
 """Run on a Slurm cluster: `python -m areal_lite.launcher.slurm ENTRY.py --config X.yaml k=v ... [--dry-run]`
 
-The launcher writes a readable sbatch script into `{run}/slurm/job.sbatch`, submits it with
-`sbatch`, follows the job (squeue / scontrol / sacct, and the run's metrics.jsonl for a progress
-line) and exits 0 when the job completed, or 1 naming the step that failed with the tail of its
-log. Ctrl-C / SIGTERM cancels the job (`scancel`) and waits for it to leave the queue.
+The launcher writes a short sbatch script into `{run}/slurm/job.sbatch` — its `#SBATCH` header and
+one command, `python -m areal_lite.launcher.slurm_job ENTRY.py --config {run}/config.yaml` — submits
+it with `sbatch`, follows the job (squeue / scontrol / sacct, the job's `[job]` lines and the run's
+metrics.jsonl for a progress line) and exits 0 when the job completed, or 1 naming the process that
+failed with the tail of its log. Ctrl-C / SIGTERM / SIGHUP cancel the job (`scancel`) and wait for
+it to leave the queue.
 
-The script is the same plan the local launcher runs (areal_lite.launcher.plan), as one `srun` step
-per process: inference servers → wait for /health → trainer (torchrun, one step per trainer node,
-static rendezvous on the first trainer node) → rollout workers. Node names and ports are not known
-before the job starts: the plan refers to them as `${AREAL_NODE<i>}` / `${AREAL_PORT_<k>}`, and the
-first thing the job does is `python -m areal_lite.launcher.slurm_step resolve`, which expands
-SLURM_JOB_NODELIST and picks each port free on the node that binds it. The batch shell then
-supervises the steps: a step that exits non-zero (or a server that exits at all) stops the job
-within a second, naming the step; the trainer exiting 0 is a clean finish.
-
-Secrets (the per-run HMAC secret and API key of a multi-node run) never appear in the script: the
-launcher passes them in sbatch's environment, and the script makes fresh ones when resubmitted by
-hand without them. `--dry-run` prints the script and every step's command and environment.
+Inside the allocation, `slurm_job` runs the same plan and the same supervisor as the local and Ray
+launchers (start order, health, restarts from the newest weights or the recover checkpoint,
+stopping), each process one `srun --overlap` step on its node. Node names and ports are only known
+inside the job: it expands SLURM_JOB_NODELIST and picks each port on the node that binds it.
+Per-run secrets (multi-node runs) are made there and live only in the steps' environments.
+`--dry-run` prints the script and the plan, with nodes as node<i> and ports as ${AREAL_PORT_<k>}.
 """
 
 from __future__ import annotations
@@ -34,9 +30,9 @@ from dataclasses import dataclass
 
 from areal_lite.config import ConfigError, exit_on_config_error
 from areal_lite.config.schema import ExperimentConfig, run_dir
-from areal_lite.launcher.common import parse_launch_args, preflight, run_prepare, tail, write_run_config
-from areal_lite.launcher.plan import LOOPBACK, Plan, ProcessSpec, build_plan
-from areal_lite.utils.runenv import ENV_API_KEY, ENV_SECRET, SECRET_VARS
+from areal_lite.launcher.common import Stopped, parse_launch_args, preflight, run_prepare, tail, write_run_config
+from areal_lite.launcher.plan import LOOPBACK, Plan, build_plan
+from areal_lite.launcher.supervisor import STOP_SIGNALS, progress_line
 
 PROG = "areal_lite.launcher.slurm"
 WORKER_LEAVE_S = 10
@@ -79,7 +75,6 @@ class ShellPorts:
 class SlurmPlan:
     plan: Plan
     n_nodes: int
-    port_nodes: list[int]  # node index that binds port k
     script: str
     script_path: str
     job_log: str  # with %j for the job id
@@ -104,8 +99,14 @@ def node_var(i: int) -> str:
     return "${AREAL_NODE%d}" % i
 
 
+def plan_hosts(cfg: ExperimentConfig) -> list[str]:
+    """One node on loopback: every address is this machine's. Otherwise node labels, named in the job."""
+    n = cfg.cluster.n_nodes
+    return ["localhost"] if (n == 1 and cfg.cluster.bind_host in LOOPBACK) else [f"node{i}" for i in range(n)]
+
+
 def build_slurm_plan(cfg: ExperimentConfig, entry: str, *, config_path: str, cwd: str | None = None) -> SlurmPlan:
-    """The run's plan with Slurm-resolved nodes and ports, and the sbatch script that runs it."""
+    """The run's plan as the job will place it (placeholder ports) and the sbatch script that runs it."""
     n_nodes = cfg.cluster.n_nodes
     if n_nodes > 1 and cfg.cluster.bind_host in LOOPBACK:
         raise ConfigError(
@@ -115,22 +116,12 @@ def build_slurm_plan(cfg: ExperimentConfig, entry: str, *, config_path: str, cwd
     sc = cfg.launcher.slurm
     if sc.container_type != "none" and not sc.container_image:
         raise ConfigError(f"launcher.slurm.container_image: required with container_type={sc.container_type}")
-    # One node on loopback: every address is 127.0.0.1. Otherwise the job's node names.
-    hosts = ["localhost"] if (n_nodes == 1 and cfg.cluster.bind_host in LOOPBACK) else \
-        [node_var(i) for i in range(n_nodes)]
-    ports = ShellPorts()
-    python = "python3" if sc.container_type != "none" else sys.executable
     cores = cfg.cluster.n_cpus_per_node or 1
-    plan = build_plan(cfg, entry, config_path=config_path, hosts=hosts, ports=ports, cores=cores, python=python)
-    head = plan.trainers[0].node_index
-    port_nodes = [head] * len(ports.picked)
-    for s in plan.servers:
-        port_nodes[s.port.k] = s.node_index
+    plan = build_plan(cfg, entry, config_path=config_path, hosts=plan_hosts(cfg), ports=ShellPorts(), cores=cores)
     script_path = os.path.join(plan.run_dir, "slurm", "job.sbatch")
     job_log = os.path.join(plan.run_dir, "logs", "slurm-%j.log")
-    script = render_script(cfg, plan, n_nodes=n_nodes, port_nodes=port_nodes, job_log=job_log,
-                           cwd=cwd or os.getcwd())
-    return SlurmPlan(plan, n_nodes, port_nodes, script, script_path, job_log)
+    script = render_script(cfg, plan, n_nodes=n_nodes, job_log=job_log, cwd=cwd or os.getcwd(), entry=entry)
+    return SlurmPlan(plan, n_nodes, script, script_path, job_log)
 
 
 def _sbatch_header(cfg: ExperimentConfig, plan: Plan, n_nodes: int, job_log: str, cwd: str) -> list[str]:
@@ -157,7 +148,8 @@ def _sbatch_header(cfg: ExperimentConfig, plan: Plan, n_nodes: int, job_log: str
     return [f"#SBATCH {o}" for o in opts]
 
 
-def _container_prefix(cfg: ExperimentConfig) -> list[str]:
+def container_prefix(cfg: ExperimentConfig) -> list[str]:
+    """`apptainer exec [--nv] [--bind ...] IMAGE` before each step's command, or nothing."""
     sc = cfg.launcher.slurm
     if sc.container_type == "none":
         return []
@@ -169,182 +161,26 @@ def _container_prefix(cfg: ExperimentConfig) -> list[str]:
     return words + [sc.container_image]
 
 
-def _step_function(cfg: ExperimentConfig, spec: ProcessSpec) -> list[str]:
-    sc = cfg.launcher.slurm
-    srun = [
-        "srun", "--overlap", "--nodes=1", "--ntasks=1", f"--nodelist={node_var(spec.node_index)}",
-        "--cpus-per-task=${SLURM_CPUS_ON_NODE}",
-    ]
-    if spec.devices:  # the step sees the node's GPUs; CUDA_VISIBLE_DEVICES below picks its own
-        srun.append(f"--gres=gpu:{cfg.cluster.n_gpus_per_node}")
-    srun += [f"--job-name={spec.name}", f"--output=${{LOGS}}/{spec.name}.log", "--open-mode=append"]
-    srun += [str(a) for a in sc.srun_extra_args]
-    env = {k: v for k, v in spec.env.items() if k not in SECRET_VARS}
-    if spec.role in ("trainer", "rollout"):
-        env["AREAL_LITE_RESTARTS"] = "${RESTARTS}"
-    devices = ",".join(map(str, spec.devices)) if spec.devices else "-"
-    lines = [
-        f"# {spec.name}: {spec.role} on node {spec.node_index}, devices {devices}",
-        f"start_{_fn(spec.name)}() {{",
-        "    local RESTARTS=${1:-0}",
-        "    " + " ".join(sh(w) for w in srun) + " \\",
-    ]
-    container = _container_prefix(cfg)
-    if container:
-        lines.append("        " + " ".join(sh(w) for w in container) + " \\")
-    lines.append("        env \\")
-    for k, v in sorted(env.items()):
-        lines.append(f"            {k}={sh(v)} \\")
-    lines.append("        " + " ".join(sh(w) for w in spec.cmd) + " &")
-    lines.append(f"    started {spec.name} $!")
-    lines.append("}")
-    return lines
-
-
-def _fn(name: str) -> str:
-    return name.replace("-", "_")
-
-
-SUPERVISION = r'''
-declare -A STEP=()   # srun pid -> step name
-declare -A PID=()    # step name -> srun pid
-declare -A TRIES=()  # step name -> restarts so far
-
-started() {
-    STEP[$2]=$1
-    PID[$1]=$2
-    echo "[job] started $1 (srun pid $2, log $LOGS/$1.log)"
-}
-
-# SIGTERM every running srun (srun then ends its step), SIGKILL what is left after the grace period.
-stop_steps() {
-    local pid alive
-    for pid in "${!STEP[@]}"; do kill -TERM "$pid" 2>/dev/null; done
-    for _ in $(seq $((STOP_GRACE_S * 10))); do
-        alive=0
-        for pid in "${!STEP[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-        ((alive)) || return 0
-        sleep 0.1
-    done
-    for pid in "${!STEP[@]}"; do kill -KILL "$pid" 2>/dev/null; done
-}
-
-fail() {
-    echo "[job] error: step $1 $2"
-    stop_steps
-    exit 1
-}
-
-# A step that ends: trainer ranks exiting 0 finish the run, a worker exiting 0 has left; anything
-# else fails the job (or restarts the step when recovery is on and retries are left).
-supervise() {
-    local trainers_left=$1 pid rc name deadline
-    while true; do
-        for pid in "${!STEP[@]}"; do
-            kill -0 "$pid" 2>/dev/null && continue
-            wait "$pid"
-            rc=$?
-            name=${STEP[$pid]}
-            unset "STEP[$pid]"
-            case "$name:$rc" in
-                trainer*:0) trainers_left=$((trainers_left - 1)); echo "[job] $name finished" ;;
-                worker*:0) echo "[job] $name left" ;;
-                *)
-                    if [[ $RECOVER == 1 && $name != server* && ${TRIES[$name]:-0} -lt $RETRIES ]]; then
-                        TRIES[$name]=$(( ${TRIES[$name]:-0} + 1 ))
-                        echo "[job] step $name exited with status $rc; restarting it (${TRIES[$name]}/$RETRIES)"
-                        "start_${name//-/_}" "${TRIES[$name]}"
-                    else
-                        fail "$name" "exited with status $rc"
-                    fi ;;
-            esac
-        done
-        if ((trainers_left == 0)); then
-            # Workers leave after the controller's shutdown: give them a moment, then stop the servers.
-            deadline=$((SECONDS + WORKER_LEAVE_S))
-            while ((SECONDS < deadline)); do
-                alive=0
-                for pid in "${!STEP[@]}"; do
-                    [[ ${STEP[$pid]} == worker* ]] && kill -0 "$pid" 2>/dev/null && alive=1
-                done
-                ((alive)) || break
-                sleep 0.2
-            done
-            stop_steps
-            echo "[job] training finished"
-            exit 0
-        fi
-        sleep 1
-    done
-}
-'''
-
-
-def render_script(cfg: ExperimentConfig, plan: Plan, *, n_nodes: int, port_nodes: list[int], job_log: str,
-                  cwd: str) -> str:
-    recover = cfg.recover.mode != "disabled"
-    py = sh(sys.executable)
-    lines = [
+def render_script(cfg: ExperimentConfig, plan: Plan, *, n_nodes: int, job_log: str, cwd: str, entry: str) -> str:
+    """The sbatch script: the header and the one command that supervises the run inside the job."""
+    return "\n".join([
         "#!/bin/bash",
-        f"# areal_lite run {plan.run_id} ({cfg.experiment_name}/{cfg.trial_name}), written by `python -m {PROG}`.",
+        f"# areal_lite run {cfg.experiment_name}/{cfg.trial_name}, written by `python -m {PROG}`.",
         f"# {len(plan.servers)} server(s), {len(plan.trainers)} trainer node(s), {len(plan.workers)} rollout "
         f"worker(s) on {n_nodes} node(s). Config: {plan.config_path}",
-        "# Every process is one `srun` step below; its output goes to $LOGS/<step>.log.",
+        "# The supervisor below starts every process as an `srun` step; its output goes to logs/<name>.log.",
         *_sbatch_header(cfg, plan, n_nodes, job_log, cwd),
-        "set -o pipefail",
-        "",
-        f"RUN_DIR={sh(plan.run_dir)}",
-        'LOGS="$RUN_DIR/logs"',
-        f"PY={py}",
-        f"STOP_GRACE_S={STOP_GRACE_S}",
-        f"WORKER_LEAVE_S={WORKER_LEAVE_S}",
-        f"RECOVER={1 if recover else 0}",
-        f"RETRIES={cfg.recover.retries}",
-        'mkdir -p "$LOGS" "$RUN_DIR/slurm"',
-        'echo "[job] $SLURM_JOB_ID on $SLURM_JOB_NODELIST ($(date -Is))"',
-        SUPERVISION.strip("\n"),
-        "",
-        "# --- 1. node names (from SLURM_JOB_NODELIST) and free ports, chosen in Python on the nodes that bind them",
-        'JOB_ENV="$RUN_DIR/slurm/job-$SLURM_JOB_ID.env"',
-        f'"$PY" -m areal_lite.launcher.slurm_step resolve --nodes {n_nodes} '
-        f'--port-nodes {",".join(map(str, port_nodes))} >"$JOB_ENV" || fail resolve "failed"',
-        'source "$JOB_ENV"',
-        'echo "[job] nodes and ports: $(sed "s/^export //" "$JOB_ENV" | tr "\\n" " ")"',
-    ]
-    if plan.secret is not None:
-        lines += [
-            "# Per-run secrets come from sbatch's environment (never written here); fresh ones when absent.",
-            f': "${{{ENV_SECRET}:=$("$PY" -c "import secrets; print(secrets.token_hex(32))")}}"',
-            f': "${{{ENV_API_KEY}:=$("$PY" -c "import secrets; print(secrets.token_hex(16))")}}"',
-            f"export {ENV_SECRET} {ENV_API_KEY}",
-        ]
-    lines += ["", "# --- 2. inference servers"]
-    for spec in plan.servers:
-        lines += _step_function(cfg, spec)
-    lines += ["", "# --- 3. trainer: torchrun per trainer node, rendezvous on the first trainer node (rank 0 binds "
-              "the controller)"]
-    for spec in plan.trainers:
-        lines += _step_function(cfg, spec)
-    lines += ["", "# --- 4. rollout workers"]
-    for spec in plan.workers:
-        lines += _step_function(cfg, spec)
-    lines += ["", "# --- run: servers, wait for /health, trainer, workers; then supervise"]
-    lines += [f"start_{_fn(s.name)}" for s in plan.servers]
-    wait = [f'"$PY" -m areal_lite.launcher.slurm_step wait-health --timeout {cfg.server.startup_timeout:g}']
-    wait += [f'    --server {s.name} "${{PID[{s.name}]}}" {sh(s.health_url)}' for s in plan.servers]
-    lines.append(" \\\n".join(wait) + " || { stop_steps; exit 1; }")
-    lines.append(f'echo "[job] {len(plan.servers)} server(s) healthy"')
-    lines += [f"start_{_fn(s.name)}" for s in plan.trainers + plan.workers]
-    lines.append(f"supervise {len(plan.trainers)}")
-    return "\n".join(lines) + "\n"
+        f'mkdir -p {sh(os.path.join(plan.run_dir, "logs"))}',
+        f"exec {sh(sys.executable)} -m areal_lite.launcher.slurm_job {sh(entry)} --config {sh(plan.config_path)}",
+    ]) + "\n"
 
 
 def describe(sp: SlurmPlan) -> str:
-    """--dry-run: the script, then every step's host, devices, environment and command."""
+    """--dry-run: the script, then every process's node, devices, environment and command."""
     return "\n".join([
         f"# sbatch script ({sp.script_path}):",
         sp.script,
-        "# steps (${AREAL_NODE<i>} / ${AREAL_PORT_<k>} are resolved inside the job):",
+        "# the plan the job runs (node<i> and ${AREAL_PORT_<k>} are resolved inside the job):",
         sp.plan.describe(),
     ])
 
@@ -437,7 +273,7 @@ class JobFollower:
         if state == "UNKNOWN" and "[job] training finished" in text:
             self._say("training finished (job state unknown to scontrol/sacct; the job log says so)")
             return 0
-        m = re.findall(r"^\[job\] error: step (\S+?):? (.*)$", text, re.M)
+        m = re.findall(r"^\[job\] error: (?:step )?([\w-]+)[:,]? ([^;\n]*)", text, re.M)
         if m:
             step, what = m[-1]
             log = os.path.join(self.sp.plan.run_dir, "logs", f"{step}.log")
@@ -480,8 +316,6 @@ class JobFollower:
                 print(f"[launcher] {line}", flush=True)
 
     def _print_progress(self) -> None:
-        from areal_lite.launcher.local import _progress
-
         path = os.path.join(self.sp.plan.run_dir, "metrics.jsonl")
         try:
             with open(path, "rb") as fh:
@@ -493,7 +327,7 @@ class JobFollower:
         self._metrics_pos += end
         for line in chunk[:end].decode(errors="replace").splitlines():
             try:
-                self._say(_progress(json.loads(line), self.cfg))
+                self._say(progress_line(json.loads(line), self.cfg))
             except ValueError:
                 continue
 
@@ -507,14 +341,9 @@ def _read(path: str) -> str:
 
 
 def submit(sp: SlurmPlan) -> str:
-    """sbatch the script; the run's secrets travel in sbatch's environment (--export=ALL)."""
-    env = dict(os.environ)
-    for spec in sp.plan.trainers[:1]:
-        env.update({k: v for k, v in spec.env.items() if k in SECRET_VARS})
-    for spec in sp.plan.servers[:1]:
-        env.update({k: v for k, v in spec.env.items() if k in SECRET_VARS})
+    """sbatch the script (the job's steps inherit this environment: --export=ALL)."""
     out = subprocess.run(["sbatch", "--parsable", "--export=ALL", sp.script_path],
-                         capture_output=True, text=True, env=env, timeout=120)
+                         capture_output=True, text=True, timeout=120)
     if out.returncode != 0:
         raise RuntimeError(f"sbatch failed (exit {out.returncode}): {out.stderr.strip() or out.stdout.strip()}")
     return out.stdout.strip().split(";")[0]
@@ -543,12 +372,15 @@ def main(argv: list[str] | None = None) -> int:
     os.chmod(sp.script_path, 0o755)
 
     stop: list[int] = []
-    previous = {s: signal.signal(s, lambda signum, _f: stop.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, lambda signum, _f: stop.append(signum)) for s in STOP_SIGNALS}
     try:
-        run_prepare(cfg, config_path, os.path.join(sp.plan.run_dir, "logs", "prepare.log"))
+        run_prepare(cfg, config_path, os.path.join(sp.plan.run_dir, "logs", "prepare.log"),
+                    stop=lambda: stop[0] if stop else None)
         if stop:
             return 128 + stop[0]
         job_id = submit(sp)
+    except Stopped as e:
+        return 128 + e.signum
     except RuntimeError as e:
         print(f"[launcher] error: {e}", flush=True)
         return 1

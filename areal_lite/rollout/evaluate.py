@@ -49,3 +49,38 @@ async def aevaluate(
         "eval/version_min": float(versions.min()) if versions.size else 0.0,
         "eval/version_max": float(versions.max()) if versions.size else 0.0,
     }
+
+
+class Evaluator:
+    """Held-out evaluation on a schedule, from the process that owns it (trainer rank 0).
+
+    `enabled=False` (the other ranks, or no held-out set) makes every call return {} so the training
+    loop calls it the same way on every rank. One workflow (and its reward pool) serves every
+    evaluation of the run.
+    """
+
+    def __init__(self, workflow: RolloutWorkflow | None, records: Sequence[dict] | None, *, server_addrs: list[str],
+                 api_key: str | None, request_timeout: float, schedule, enabled: bool):
+        self.workflow, self.records = workflow, list(records or [])
+        self.server_addrs, self.api_key, self.request_timeout = server_addrs, api_key, request_timeout
+        self.schedule = schedule
+        self.enabled = enabled and workflow is not None and bool(self.records)
+
+    def run(self) -> dict[str, float]:
+        if not self.enabled:
+            return {}
+
+        async def go() -> dict[str, float]:
+            async with InferenceClient(self.server_addrs, api_key=self.api_key,
+                                       request_timeout=self.request_timeout) as client:
+                return await aevaluate(self.workflow, client, self.records)
+
+        return asyncio.run(go())
+
+    def initial(self) -> dict[str, float]:
+        """The starting weights' scores as `eval/*_initial`, so a run shows where it began."""
+        return {f"{k}_initial": v for k, v in self.run().items()}
+
+    def after(self, step: int) -> dict[str, float]:
+        """The scores after `step`, when the schedule says so ({} otherwise)."""
+        return self.run() if self.enabled and self.schedule.due(step) else {}

@@ -3,8 +3,7 @@
 A workflow is any object with `async arun_episode(client, record) -> list[Trajectory] | None`.
 Built in:
 - `RLVRWorkflow`: n samples of one prompt, each scored by a reward function (single turn).
-- `MultiTurnWorkflow`: the model and an environment function alternate; only model tokens are
-  trained (loss mask 1), environment tokens are context (loss mask 0).
+Multi-turn episodes against an environment: `areal_lite.rollout.multi_turn.EnvWorkflow`.
 Users write their own in a few lines (see examples/math/gsm8k_drgrpo.py).
 """
 
@@ -13,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -130,84 +129,3 @@ class RLVRWorkflow:
             )
             for g, r in zip(gens, rewards)
         ]
-
-
-EnvStep = Callable[[dict, list[dict]], Awaitable[tuple[list[int], bool, float | None]]]
-
-
-class MultiTurnWorkflow:
-    """The model and an environment alternate; the group's trajectories train only model tokens.
-
-    `env_step(record, history)` gets the turns so far (each `{"role": "model"|"env", "ids", "text"}`)
-    and returns (token ids to append as the environment's turn, done, reward or None). The episode
-    ends when the environment says done, after `max_turns` model turns, or when the context budget
-    `max_total_tokens` is used up; the last reward returned is the trajectory's reward (0 if none).
-    """
-
-    def __init__(
-        self,
-        *,
-        prompt_fn: Callable[[dict], list[int]],
-        decode_fn: Callable[[list[int]], str],
-        env_step: EnvStep,
-        sampling: SamplingParams,
-        n_samples: int,
-        max_turns: int = 4,
-        max_total_tokens: int = 1024,
-    ):
-        self.prompt_fn = prompt_fn
-        self.decode_fn = decode_fn
-        self.env_step = env_step
-        self.sampling = sampling
-        self.n_samples = n_samples
-        self.max_turns = max_turns
-        self.max_total_tokens = max_total_tokens
-
-    async def _one(self, client: InferenceClient, record: dict) -> Trajectory:
-        prompt_ids = self.prompt_fn(record)
-        ids = list(prompt_ids)
-        mask = [0] * len(ids)
-        logp = [0.0] * len(ids)
-        versions = [-1] * len(ids)
-        history: list[dict] = []
-        reward: float | None = None
-        finish = "stop"
-        interruptions = 0
-        for _ in range(self.max_turns):
-            budget = min(self.sampling.max_new_tokens, self.max_total_tokens - len(ids))
-            if budget <= 0:
-                finish = "length"
-                break
-            params = SamplingParams(**{**vars(self.sampling), "max_new_tokens": budget})
-            gen = await client.agenerate(ids, params)
-            interruptions += gen.num_interruptions
-            ids += gen.output_ids
-            mask += [1] * len(gen.output_ids)
-            logp += gen.logprobs
-            versions += gen.versions
-            history.append({"role": "model", "ids": gen.output_ids, "text": self.decode_fn(gen.output_ids)})
-            finish = gen.finish_reason
-            env_ids, done, step_reward = await self.env_step(record, history)
-            if step_reward is not None:
-                reward = float(step_reward)
-            if done:
-                break
-            env_ids = list(env_ids)[: max(0, self.max_total_tokens - len(ids))]
-            ids += env_ids
-            mask += [0] * len(env_ids)
-            logp += [0.0] * len(env_ids)
-            versions += [-1] * len(env_ids)
-            history.append({"role": "env", "ids": env_ids, "text": self.decode_fn(env_ids)})
-        return Trajectory(
-            input_ids=np.asarray(ids, np.int32),
-            loss_mask=np.asarray(mask, np.uint8),
-            behav_logp=np.asarray(logp, np.float32),
-            versions=np.asarray(versions, np.int32),
-            reward=0.0 if reward is None else reward,
-            prompt_len=len(prompt_ids),
-            finish_reason=finish,
-            info={"turns": sum(h["role"] == "model" for h in history), "num_interruptions": interruptions},
-        )
-
-    async def arun_episode(self, client: InferenceClient, record: dict) -> list[Trajectory] | None:
-        return list(await asyncio.gather(*(self._one(client, record) for _ in range(self.n_samples))))

@@ -126,3 +126,27 @@ def _fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def resume(mode: str, checkpointer: RecoverCheckpointer, engine, source, run_dir) -> int:
+    """The step this trainer starts at, with the run's state made to agree with it (collective).
+
+    From a recover checkpoint (`recover.mode` not disabled, one exists): model, optimizer, scheduler
+    and controller state come back; the metrics of later steps are dropped (those steps run again)
+    and the controller truncates the ledger to the checkpoint's offset. Without one (the first start,
+    or a trainer that died before its first checkpoint) the run starts over at step 0, and what an
+    earlier attempt left is discarded the same way: its metrics and ledger lines. Either way, weights
+    newer than the start are removed, so a server restarted later never serves weights newer than
+    the trainer's own (the trainer pushes its weights before the first grant).
+    """
+    latest = checkpointer.latest() if mode != "disabled" else None
+    state = checkpointer.load(engine, latest) if latest is not None else None
+    start = int(state["step"]) + 1 if state is not None else 0
+    source.load_state_dict(state["controller"] if state is not None else None)
+    if engine.rank == 0:
+        dropped = run_dir.truncate_metrics(start)
+        stale = run_dir.drop_weights_after(start)
+        if latest is not None or dropped or stale:
+            logger.info("starting at step %d (%s); dropped %d metrics lines and weights %s of later steps",
+                        start, os.path.basename(latest) if latest else "no checkpoint", dropped, stale)
+    return start

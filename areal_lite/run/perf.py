@@ -19,7 +19,7 @@ def perf_metrics(engine, buffered, admin, t_start: float, t_data: float) -> dict
     """
     out = {"time/elapsed": time.monotonic() - t_start,
            **{f"time/{k}_total": v for k, v in engine.timings.items()}}
-    if not buffered:
+    if not buffered or admin is None:  # the buffer's records and the servers are rank 0's
         return out
     samples = [s for b in buffered for s in b.group.samples]
     out["rollout/gen_latency_s"] = float(np.mean([s.get("latency_s", 0.0) for s in samples]))

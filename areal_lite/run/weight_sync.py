@@ -20,7 +20,6 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import os
-import shutil
 import time
 from typing import Any, Protocol
 
@@ -29,6 +28,7 @@ import torch.distributed as dist
 
 from areal_lite.config.placement import server_ranks
 from areal_lite.inference.client import ServerAdmin
+from areal_lite.run.rundir import RunDir
 from areal_lite.utils.distributed import (
     destroy_custom_process_group,
     init_custom_process_group,
@@ -50,11 +50,11 @@ class WeightSync(Protocol):
 
 
 class DiskWeightSync:
-    def __init__(self, admin: ServerAdmin | None, weights_dir: str, *, keep: int = 2):
+    def __init__(self, admin: ServerAdmin | None, run_dir: RunDir, *, keep: int = 2):
         # rank 0 only. A server that is down is skipped: the launcher restarts it from the newest weights/v{N}.
         self.admin = admin and ServerAdmin(admin.addrs, api_key=admin.api_key, timeout=admin.timeout,
                                            skip_unreachable=True)
-        self.weights_dir = weights_dir
+        self.run_dir = run_dir
         self.keep = keep
 
     def connect(self, engine) -> None:
@@ -62,7 +62,7 @@ class DiskWeightSync:
 
     def update(self, engine, version: int) -> dict[str, float]:
         """Collective over trainer ranks. Returns timings (rank 0) for the metrics."""
-        path = os.path.join(self.weights_dir, f"v{version}")
+        path = self.run_dir.weights_path(version)
         t0 = time.perf_counter()
         state = engine.full_state_dict()
         stats: dict[str, float] = {}
@@ -76,15 +76,10 @@ class DiskWeightSync:
             finally:
                 self.admin.resume()
             t2 = time.perf_counter()
-            self._prune(version)
+            self.run_dir.prune_weights(version, keep=self.keep)
             stats = {"time/weight_write": t1 - t0, "time/weight_pause": t2 - t1}
         dist.barrier(group=engine.dist.cpu_group)
         return stats
-
-    def _prune(self, version: int) -> None:
-        for name in os.listdir(self.weights_dir):
-            if name.startswith("v") and name[1:].isdigit() and int(name[1:]) <= version - self.keep:
-                shutil.rmtree(os.path.join(self.weights_dir, name), ignore_errors=True)
 
     def close(self) -> None:
         pass
@@ -264,13 +259,12 @@ class DistributedWeightSync:
         self._pool.shutdown(wait=False)
 
 
-def build_weight_sync(mode: str, *, admin: ServerAdmin | None, run_dir: str, env, device_type: str,
+def build_weight_sync(mode: str, *, admin: ServerAdmin | None, run_dir: RunDir, env, device_type: str,
                       tp_size: int = 1) -> WeightSync:
     """The configured weight sync (`actor.weight_update_mode`) for this run."""
     if mode == "disk":
-        weights_dir = os.path.join(run_dir, "weights")
-        os.makedirs(weights_dir, exist_ok=True)
-        return DiskWeightSync(admin, weights_dir)
+        os.makedirs(run_dir.weights_dir, exist_ok=True)
+        return DiskWeightSync(admin, run_dir)
     if mode == "distributed":
         return DistributedWeightSync(
             admin,

@@ -77,7 +77,7 @@ def run_sft_warm_start(cfg: ExperimentConfig, model_dir: str) -> list[float]:
 
     def log(step: int, m: dict) -> None:
         if step % 10 == 0 or step == steps - 1:
-            logger.info("sft step %d/%d nll %.4f lr %.2e (%.0fs)", step + 1, steps, m["sft/nll"], m["lr"],
+            logger.info("sft step %d/%d nll %.4f lr %.2e (%.0fs)", step + 1, steps, m["sft/nll"], m["train/lr"],
                         time.time() - t0)
 
     losses = run_sft(engine, examples, epochs=sft.epochs, batch_size=sft.batch_size, seed=cfg.seed, log_fn=log)

@@ -4,10 +4,11 @@ Every rank holds the whole batch's metadata (it is small: token ids and a few fl
 advantages, loss denominators and the rank/micro-batch layout are computed identically everywhere
 without communication; each rank then runs forward/backward on its own shard only.
 
-Micro-batches are packed: a micro-batch's sequences are concatenated into one row with position ids
+Micro-batches are packed: a micro-batch's sequences are concatenated into rows with position ids
 restarting at 0 per sequence, which transformers turns into a block-diagonal causal mask (no
-padding, no cross-sequence attention). Per-token results are scattered back to a padded `[B, T]`
-layout for the algorithm functions, which is cheap (one float per token, never the logits).
+padding, no cross-sequence attention). Everything per token that the algorithm uses (masks,
+log-probs, advantages) lives in one layout for the whole step, `[B, T]` rows (sequence b's token t
+at [b, t]): the engine returns its results in it, and a micro-batch's loss reads its rows.
 """
 
 from __future__ import annotations
@@ -41,6 +42,19 @@ class SeqBatch:
     @property
     def num_seqs(self) -> int:
         return int(self.seqlens.shape[0])
+
+    @property
+    def max_len(self) -> int:
+        """T of the `[B, T]` row layout: the longest sequence."""
+        return int(self.seqlens.max()) if self.num_seqs else 1
+
+    def to_rows(self, values: np.ndarray) -> torch.Tensor:
+        """A per-token array `[N]` of the whole batch as `[B, T]` rows (0 past each sequence's end)."""
+        rows = np.zeros((self.num_seqs, self.max_len), dtype=values.dtype)
+        row = np.repeat(np.arange(self.num_seqs), self.seqlens)
+        col = np.arange(values.shape[0]) - np.repeat(self.offsets[:-1], self.seqlens)
+        rows[row, col] = values
+        return torch.from_numpy(rows)
 
     def gen_lens(self) -> np.ndarray:
         """Generated (trained) tokens per sequence."""
@@ -164,6 +178,7 @@ class MicroBatch:
     max_len: int
     num_real_tokens: int
     num_model_tokens: int  # including padding
+    dummy: bool = False  # a placeholder that keeps a rank without work in step with the others (trains nothing)
 
 
 def build_microbatch(
@@ -224,13 +239,3 @@ def build_microbatch(
         num_real_tokens=len(token_idx),
         num_model_tokens=model_tokens,
     )
-
-
-def token_values_to_rows(batch: SeqBatch, seq_index: Sequence[int], values: np.ndarray, max_len: int) -> torch.Tensor:
-    """Scatter a per-token array of the whole batch into `[len(seq_index), max_len]` rows (0-padded)."""
-    off = batch.offsets
-    out = torch.zeros(len(seq_index), max_len, dtype=torch.from_numpy(values[:0]).dtype)
-    for r, i in enumerate(seq_index):
-        seg = values[off[i] : off[i + 1]]
-        out[r, : len(seg)] = torch.from_numpy(np.ascontiguousarray(seg))
-    return out

@@ -17,19 +17,19 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-from areal_lite.algo import logprobs_and_entropy
+from areal_lite.algo import aggregate_stats, logprobs_and_entropy
 from areal_lite.trainer.batch import MicroBatch, SeqBatch, build_microbatch, chunk_microbatches, pack_microbatches
 from areal_lite.utils.distributed import TrainerDist
 from areal_lite.utils.hf import save_hf_dir, torch_dtype
 
-logger = logging.getLogger("areal_lite.engine")
+logger = logging.getLogger("areal_lite.trainer.engine")
 
 LossFn = Callable[[torch.Tensor, torch.Tensor | None, MicroBatch], tuple[torch.Tensor, dict[str, float]]]
 
@@ -157,10 +157,10 @@ class FSDPEngine:
     # ------------------------------------------------------------------ passes
 
     def _forward(self, mb: MicroBatch, *, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Per-token log-probs (and entropies) of the micro-batch's real tokens, in flat order.
+        """Per-token log-probs (and entropies) of the micro-batch's sequences as `[b, T_mb]` rows.
 
-        Token t's value is log p(x_t | x_<t) under logits / temperature; the first token of each
-        sequence has none (0), which is harmless since prompt tokens are never trained.
+        Row r is sequence `mb.seq_index[r]`; column t holds log p(x_t | x_<t) under logits /
+        temperature, 0 at t = 0 (no prediction; prompt tokens are never trained) and past the end.
         """
         assert self.model is not None
         out = self.model(
@@ -175,15 +175,14 @@ class FSDPEngine:
             chunk_size=self.spec.logp_chunk_size,
             with_entropy=with_entropy,
         )  # [R, L-1]
-        pad = lp.new_zeros(lp.shape[0], 1)
-        lp = torch.cat([pad, lp], dim=1).reshape(-1)[mb.flat]  # [n]
-        if ent is not None:
-            ent = torch.cat([pad, ent], dim=1).reshape(-1)[mb.flat]
-        starts = mb.col == 0
-        lp = lp.masked_fill(starts, 0.0)
-        if ent is not None:
-            ent = ent.masked_fill(starts, 0.0)
-        return lp, ent
+        return self._rows(mb, lp), (self._rows(mb, ent) if ent is not None else None)
+
+    @staticmethod
+    def _rows(mb: MicroBatch, values: torch.Tensor) -> torch.Tensor:
+        """Model-layout values `[R, L-1]` (shifted) → `[b, T_mb]` sequence rows, 0 at each sequence's start."""
+        flat = torch.cat([values.new_zeros(values.shape[0], 1), values], dim=1).reshape(-1)[mb.flat]  # [n]
+        flat = flat.masked_fill(mb.col == 0, 0.0)
+        return flat.new_zeros(len(mb.seq_index) or 1, mb.max_len).index_put((mb.row, mb.col), flat)
 
     def _microbatch(self, batch: SeqBatch, seq_index: Sequence[int]) -> MicroBatch:
         return build_microbatch(batch, seq_index, packed=self.spec.packing, device=self.device,
@@ -203,77 +202,68 @@ class FSDPEngine:
             truncated=np.zeros(1, bool),
             prompt_ids=[""],
         )
-        return build_microbatch(empty, [0], packed=True, device=self.device)
+        return replace(build_microbatch(empty, [0], packed=True, device=self.device), dummy=True)
 
     @torch.no_grad()
     def forward_logp(self, batch: SeqBatch, my_mbs: Sequence[Sequence[int]], *, with_entropy: bool = False):
-        """Log-probs of every token of this rank's sequences ([N] over the whole batch; 0 elsewhere).
+        """Log-probs of this rank's sequences as `[B, T]` rows of the whole batch (0 in other rows).
 
-        With `with_entropy`, returns (log-probs, entropies of the next-token distribution), both [N].
+        With `with_entropy`, returns (log-probs, entropies of the next-token distribution), both
+        `[B, T]` float32 on CPU, ready to be summed over ranks.
         """
         assert self.model is not None
         self.model.eval()
-        out = np.zeros(batch.input_ids.shape[0], np.float32)
-        ent_out = np.zeros(batch.input_ids.shape[0], np.float32) if with_entropy else None
-        off = batch.offsets
+        shape = (batch.num_seqs, batch.max_len)
+        out = torch.zeros(shape, dtype=torch.float32)
+        ent_out = torch.zeros(shape, dtype=torch.float32) if with_entropy else None
         for seq_index in my_mbs:
             mb = self._microbatch(batch, seq_index) if seq_index else self._dummy()
             lp, ent = self._forward(mb, with_entropy=with_entropy and bool(seq_index))
             if not seq_index:
                 continue
-            lp = lp.float().cpu().numpy()
-            ent = ent.float().cpu().numpy() if ent is not None else None
-            pos = 0
-            for i in seq_index:
-                n = int(batch.seqlens[i])
-                out[off[i] : off[i] + n] = lp[pos : pos + n]
-                if ent_out is not None:
-                    ent_out[off[i] : off[i] + n] = ent[pos : pos + n]
-                pos += n
+            out[seq_index, : mb.max_len] = lp.float().cpu()
+            if ent_out is not None:
+                ent_out[seq_index, : mb.max_len] = ent.float().cpu()
         return (out, ent_out) if with_entropy else out
 
     def train_minibatch(self, batch: SeqBatch, my_mbs: Sequence[Sequence[int]], loss_fn: LossFn) -> dict[str, float]:
         """One optimizer step over this rank's micro-batches of a minibatch.
 
-        `loss_fn(logp, entropy, mb)` returns this micro-batch's share of the minibatch loss (already
-        divided by the minibatch's global token/sequence counts); the shares of all micro-batches
-        and ranks add up to the minibatch loss. FSDP averages gradients over ranks, so each rank's
-        loss is multiplied by the world size to make the update the gradient of that sum.
+        `loss_fn(logp, entropy, mb)` gets the micro-batch's `[b, T_mb]` rows and returns its share of
+        the minibatch loss (already divided by the minibatch's global token/sequence counts) and a
+        stats dict; the shares of all micro-batches and ranks add up to the minibatch loss. FSDP
+        averages gradients over ranks, so each rank's loss is multiplied by the world size to make the
+        update the gradient of that sum.
         """
         assert self.model is not None and self.optimizer is not None and self.scheduler is not None
         self.model.train()
-        stats: dict[str, float] = {}
+        mb_stats: list[dict] = []
         n = len(my_mbs)
         t0 = time.perf_counter()
         for k, seq_index in enumerate(my_mbs):
             self.model.set_requires_gradient_sync(k == n - 1)
-            if seq_index:
-                mb = self._microbatch(batch, seq_index)
-                lp, ent = self._forward(mb, with_entropy=True)
-                loss, mb_stats = loss_fn(lp, ent, mb)
-                for key, v in mb_stats.items():
-                    stats[key] = stats.get(key, 0.0) + float(v) if not key.endswith("_max") else max(
-                        stats.get(key, float("-inf")), float(v)
-                    )
-            else:
-                mb = self._dummy()
-                lp, _ = self._forward(mb, with_entropy=False)
-                loss = lp.sum() * 0.0
+            mb = self._microbatch(batch, seq_index) if seq_index else self._dummy()
+            lp, ent = self._forward(mb, with_entropy=True)
+            # A dummy's loss trains nothing but has the same statistics keys (zeros) on every rank.
+            loss, stats = loss_fn(lp, ent, mb)
+            mb_stats.append({**stats, "perf/real_tokens": 0.0 if mb.dummy else mb.num_real_tokens,
+                             "perf/model_tokens": 0.0 if mb.dummy else mb.num_model_tokens})
             (loss * self.world_size).backward()
         t1 = time.perf_counter()
+        stats = aggregate_stats(mb_stats)
         grad_norm = self._clip_and_norm()
         if math.isfinite(grad_norm):
             self.optimizer.step()
         else:
             logger.warning("non-finite gradient norm %s: optimizer step skipped", grad_norm)
-            stats["skipped_steps"] = stats.get("skipped_steps", 0.0) + 1.0
+            stats["train/skipped_steps"] = stats.get("train/skipped_steps", 0.0) + 1.0
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.optimizer_steps += 1
         self.timings["fwd_bwd"] += t1 - t0
         self.timings["optimizer"] += time.perf_counter() - t1
-        stats["grad_norm"] = grad_norm
-        stats["lr"] = float(self.scheduler.get_last_lr()[0])
+        stats["train/grad_norm"] = grad_norm
+        stats["train/lr"] = float(self.scheduler.get_last_lr()[0])
         return stats
 
     def _clip_and_norm(self) -> float:

@@ -43,14 +43,14 @@ def sft_batch(examples: Sequence[tuple[Sequence[int], Sequence[int]]]) -> SeqBat
 
 def sft_loss_fn(batch: SeqBatch, total_tokens: float) -> Callable:
     """−Σ log p(answer tokens) / total answer tokens of the optimizer batch (this micro-batch's share)."""
-    mask_all = torch.from_numpy(batch.loss_mask)
-    offsets = batch.offsets
+    mask_rows = batch.to_rows(batch.loss_mask)  # [B, T]
 
     def loss_fn(logp: torch.Tensor, entropy: torch.Tensor | None, mb: MicroBatch):
-        idx = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in mb.seq_index])
-        mask = mask_all[torch.from_numpy(idx)].to(logp.device).to(logp.dtype)
+        mask = mask_rows[torch.as_tensor(mb.seq_index), : mb.max_len].to(logp.device, logp.dtype)
+        if mb.dummy:
+            mask = torch.zeros_like(mask)
         nll = -(logp * mask).sum()
-        return nll / total_tokens, {"nll_sum": float(nll.detach()), "n_tokens": float(mask.sum())}
+        return nll / total_tokens, {"sft/nll_sum": float(nll.detach()), "sft/n_tokens": float(mask.sum())}
 
     return loss_fn
 
@@ -77,10 +77,10 @@ def run_sft(
             shards = balance_across_ranks([int(x) for x in batch.seqlens], engine.world_size)
             my_mbs = engine.microbatches(batch, shards)[engine.rank]
             stats = engine.train_minibatch(batch, my_mbs, sft_loss_fn(batch, total))
-            nll = _global_sum(stats.get("nll_sum", 0.0), engine.dist.cpu_group) / max(total, 1.0)
+            nll = _global_sum(stats.get("sft/nll_sum", 0.0), engine.dist.cpu_group) / max(total, 1.0)
             losses.append(nll)
             if log_fn is not None:
-                log_fn(step, {"sft/nll": nll, "grad_norm": stats["grad_norm"], "lr": stats["lr"]})
+                log_fn(step, {"sft/nll": nll, "train/grad_norm": stats["train/grad_norm"], "train/lr": stats["train/lr"]})
             step += 1
     return losses
 

@@ -137,24 +137,36 @@ def destroy_custom_process_group(pg: dist.ProcessGroup | None) -> None:
         c10d._world.pg_group_ranks.pop(pg, None)
 
 
-def run_and_exit(main: Callable[[], int]) -> NoReturn:
+def run_and_exit(main: Callable[[], int], *, on_user_error: Callable[[str], None] | None = None) -> NoReturn:
     """Run a distributed program's `main` and exit with its status, skipping interpreter teardown.
 
     After a clean return every rank meets at a barrier and destroys the default group. The process
     then leaves through `os._exit`, because gloo's destructors can abort a finished 2-rank job at
-    interpreter exit. On an exception the traceback is printed and the status is 1; there is no
-    barrier then, since the other ranks may never reach it.
+    interpreter exit. A user error (an exception with `exit_code = 2`: configuration, data, environment)
+    prints one `error: ...` line, is passed to `on_user_error` (which records it for the launcher, so
+    that the run is not restarted into the same error) and exits 2. Any other exception prints its
+    traceback and exits 1. There is no barrier on a failure, since the other ranks may never reach it.
     """
     try:
         code = main()
         if dist.is_initialized():
             dist.barrier(group=_CPU_GROUP)
             dist.destroy_process_group()
+    except Exception as e:
+        if getattr(e, "exit_code", None) != 2:
+            traceback.print_exc()
+            code = 1
+        else:
+            message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            print(f"error: {message}", file=sys.stderr)
+            if on_user_error is not None:
+                on_user_error(message)
+            code = 2
     except SystemExit as e:
         if isinstance(e.code, str):
             print(e.code, file=sys.stderr)
         code = e.code if isinstance(e.code, int) else int(e.code is not None)
-    except BaseException:
+    except BaseException:  # KeyboardInterrupt and the like
         traceback.print_exc()
         code = 1
     sys.stdout.flush()

@@ -108,7 +108,7 @@ def test_killed_worker_loses_no_prompt(tmp_path, tiny_model_dir):
     extra = {"allocation": {"rollout": {"num_workers": 2}},
              "rollout": {"max_head_offpolicyness": 2},
              "server": {"debug_step_delay_s": 0.1},
-             "recover": {"mode": "auto", "retries": 2}}
+             "recover": {"mode": "auto", "retries": 2, "freq_steps": 3}}
     cfg = write_config(tmp_path, tiny_model_dir, extra)
     run = Launch(cfg, "total_train_steps=6")
     rdir = tmp_path / "runs" / "e2e" / "t0"

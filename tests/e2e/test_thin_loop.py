@@ -6,7 +6,7 @@ import pytest
 
 from tests.e2e.conftest import explain, launch, read_jsonl, run_dir
 
-REQUIRED_KEYS = {"step", "version", "reward/mean", "staleness/max", "loss", "time/step"}
+REQUIRED_KEYS = {"step", "version", "reward/mean", "staleness/max", "ppo/loss", "time/step"}
 
 
 # The 2-rank run takes the GPU path's collectives: a default group that, like NCCL, has no backend for

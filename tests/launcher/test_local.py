@@ -18,7 +18,7 @@ LOCAL = "areal_lite.launcher.local"
 
 @pytest.mark.timeout(600)
 def test_killed_server_is_restarted_and_the_run_finishes(tmp_path, tiny_model_dir):
-    cfg = write_config(tmp_path, tiny_model_dir, {"recover": {"mode": "auto", "retries": 2}})
+    cfg = write_config(tmp_path, tiny_model_dir, {"recover": {"mode": "auto", "retries": 2, "freq_steps": 2}})
     launch = Launch(LOCAL, cfg, "total_train_steps=4")
     rdir = run_dir(tmp_path)
     launch.wait_for_step(rdir, 0)
@@ -84,16 +84,52 @@ def test_process_failing_at_start_is_named_with_its_log_tail(tmp_path, tiny_mode
     assert launch.leftovers() == []
 
 
+USER_ERROR = '''
+from areal_lite.run.rundir import RunDir
+from areal_lite.utils.distributed import run_and_exit
+
+
+class EnvironmentMistake(Exception):
+    exit_code = 2
+
+
+def main():
+    raise EnvironmentMistake("WANDB_MODE='bogus' is not one of disabled, offline, online")
+
+
+run_and_exit(main, on_user_error=RunDir.record_fatal)
+'''
+
+
 @pytest.mark.timeout(300)
-def test_ctrl_c_stops_every_child(tmp_path, tiny_model_dir):
+def test_an_error_no_restart_can_fix_is_not_retried(tmp_path, tiny_model_dir):
+    """A configuration or environment error in a child ends the run at once with its one line, even
+    with recovery on: restarting into the same error would only repeat it `retries` times."""
+    entry = tmp_path / "user_error.py"
+    entry.write_text(USER_ERROR)
+    cfg = write_config(tmp_path, tiny_model_dir, {"recover": {"mode": "auto", "retries": 3}})
+    launch = Launch(LOCAL, cfg, entry=entry)
+    rc = launch.wait(120)
+    out = launch.output
+    assert rc == 1, out
+    assert "WANDB_MODE='bogus' is not one of disabled, offline, online; stopping the run (a restart cannot " \
+           "fix this)" in out
+    assert "restarting it" not in out
+    assert launch.leftovers() == []
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP])
+def test_a_stop_signal_stops_every_child(tmp_path, tiny_model_dir, sig):
+    """Ctrl-C, and SIGHUP (the terminal or SSH session closed), stop every process tree."""
     cfg = write_config(tmp_path, tiny_model_dir)
     launch = Launch(LOCAL, cfg, "total_train_steps=50", "allocation.trainer.nproc_per_node=2")
     # Mid-run: torchrun, its two ranks and the worker (all running the entry script) are up.
     launch.wait_for(lambda: sum(str(ENTRY) in " ".join(c) for c in launch.cmdlines.values()) >= 4,
                     "the trainer ranks and the worker")
-    launch.proc.send_signal(signal.SIGINT)
+    launch.proc.send_signal(sig)
 
     rc = launch.wait(60)
-    assert rc == 130, launch.output
-    assert "received SIGINT: stopping every process" in launch.output
+    assert rc == 128 + sig, launch.output
+    assert f"received {signal.Signals(sig).name}: stopping every process" in launch.output
     assert launch.leftovers() == []

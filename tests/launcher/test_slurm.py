@@ -52,16 +52,15 @@ def dry_run(tmp_path: Path, config: Path, *overrides: str) -> subprocess.Complet
     )
 
 
-def step_block(script: str, name: str) -> str:
-    """The body of `start_<name>() { ... }` in the script."""
-    m = re.search(r"^start_%s\(\) \{\n(.*?)^\}" % re.escape(name.replace("-", "_")), script, re.M | re.S)
-    assert m, f"no step function for {name}"
-    return m.group(1)
-
-
 def script_of(out: str) -> str:
     body = out.split("\n", 1)[1]
-    return body.split("\n# steps (", 1)[0]
+    return body.split("\n# the plan the job runs", 1)[0]
+
+
+def plan_blocks(out: str) -> dict[str, str]:
+    """`[name] role=...` blocks of the printed plan, by process name."""
+    blocks = re.split(r"^(?=\[[\w-]+\] role=)", out.split("\n# the plan the job runs", 1)[1], flags=re.M)
+    return {b.split("]")[0][1:]: b for b in blocks if b.startswith("[")}
 
 
 def test_dry_run_two_node_gpu_plan(tmp_path):
@@ -81,43 +80,26 @@ def test_dry_run_two_node_gpu_plan(tmp_path):
     assert "#SBATCH --gres=gpu:8" in header
     assert "#SBATCH --exclusive" in header
     assert any(h.startswith("#SBATCH --output=") and h.endswith("/logs/slurm-%j.log") for h in header)
+    # The script is its header and one command: the supervisor runs inside the allocation.
+    body = [line for line in script.splitlines() if line and not line.startswith("#")]
+    assert len(body) == 2 and body[0].startswith("mkdir -p ")
+    assert re.match(r"exec \S+ -m areal_lite.launcher.slurm_job \S+gsm8k_drgrpo.py --config \S+/config.yaml$", body[1])
 
-    # Nodes and ports are resolved inside the job: servers' ports on node 0, the trainer's on node 1.
-    assert "slurm_step resolve --nodes 2 --port-nodes 0,0,1,1,1,1,1" in script
-
-    # Servers: SGLang with tp 4 on node 0, four devices each.
+    blocks = plan_blocks(out)
+    assert set(blocks) == {"server0", "server1", "trainer", "worker0", "worker1"}
+    # Servers: SGLang with tp 4 on node 0, four devices each; the trainer has node 1 to itself.
     for i, devices in ((0, "0,1,2,3"), (1, "4,5,6,7")):
-        block = step_block(script, f"server{i}")
-        assert '--nodelist="${AREAL_NODE0}"' in block
-        assert "--gres=gpu:8" in block
-        assert f"CUDA_VISIBLE_DEVICES={devices} \\" in block
-        assert "sglang.launch_server" in block
-        assert "--tp-size 4" in block and "--host 0.0.0.0" in block
-        assert f'--port "${{AREAL_PORT_{i}}}"' in block
-    # Trainer: torchrun on the other node, 8 ranks, static rendezvous on that node.
-    block = step_block(script, "trainer")
-    assert '--nodelist="${AREAL_NODE1}"' in block
-    assert "CUDA_VISIBLE_DEVICES=0,1,2,3,4,5,6,7 \\" in block
-    assert "-m torch.distributed.run --nnodes 1 --nproc-per-node 8 --node-rank 0" in block
-    assert '--master-addr "${AREAL_NODE1}" --master-port "${AREAL_PORT_5}"' in block
-    assert 'AREAL_LITE_CONTROLLER="${AREAL_NODE1}:${AREAL_PORT_2}:${AREAL_PORT_3}:${AREAL_PORT_4}"' in block
-    assert 'AREAL_LITE_SERVER_ADDRS="http://${AREAL_NODE0}:${AREAL_PORT_0},http://${AREAL_NODE0}:${AREAL_PORT_1}"' \
-        in block
-    # Workers: CPU processes, no GPUs requested.
+        block = blocks[f"server{i}"]
+        assert f"host=node0 devices={devices}" in block and "sglang.launch_server" in block
+        assert "--tp-size 4" in block and "--host 0.0.0.0" in block and "CUDA_VISIBLE_DEVICES=" + devices in block
+    trainer = blocks["trainer"]
+    assert "host=node1 devices=0,1,2,3,4,5,6,7" in trainer
+    assert "-m torch.distributed.run --nnodes 1 --nproc-per-node 8 --node-rank 0 --master-addr node1" in trainer
     for i in range(2):
-        block = step_block(script, f"worker{i}")
-        assert "--gres" not in block and "CUDA_VISIBLE_DEVICES" not in block
-        assert f"AREAL_LITE_WORKER_INDEX={i} \\" in block
-    # Start order: servers, health, trainer, workers, supervision.
-    order = [script.index(s) for s in ("\nstart_server0\n", "\nstart_server1\n", "slurm_step wait-health",
-                                       "\nstart_trainer\n", "\nstart_worker0\n", "\nsupervise 1\n")]
-    assert order == sorted(order)
-    # Secrets travel in sbatch's environment, never in the script or the printed plan.
+        assert "devices=-" in blocks[f"worker{i}"] and "CUDA_VISIBLE_DEVICES" not in blocks[f"worker{i}"]
+    # Secrets are made inside the job and never printed.
     assert not re.search(r"(RUN_SECRET|API_KEY)=['\"]?[0-9a-f]{16}", out)
     assert "AREAL_LITE_RUN_SECRET='<redacted>'" in out
-    # Every step's command and environment are printed too, and the script is valid bash.
-    for name in ("server0", "server1", "trainer", "worker0", "worker1"):
-        assert f"[{name}] role=" in out
     script_file = tmp_path / "job.sbatch"
     script_file.write_text(script)
     check = subprocess.run(["bash", "-n", str(script_file)], capture_output=True, text=True)
@@ -134,18 +116,13 @@ def test_dry_run_two_node_trainer_and_container(tmp_path):
                    "launcher.slurm.container_image=/images/areal.sif", "launcher.slurm.partition=gpu",
                    "launcher.slurm.time_limit=02:00:00")
     assert proc.returncode == 0, proc.stderr
-    script = script_of(proc.stdout)
+    script, blocks = script_of(proc.stdout), plan_blocks(proc.stdout)
     assert "#SBATCH --partition=gpu" in script and "#SBATCH --time=02:00:00" in script
-    head, node1 = step_block(script, "trainer"), step_block(script, "trainer-node1")
-    # Ranks on node 0 after the server's two devices; all eight on node 1; one rendezvous on node 0.
-    assert "CUDA_VISIBLE_DEVICES=2,3,4,5,6,7 \\" in head
-    assert "CUDA_VISIBLE_DEVICES=0,1,2,3,4,5 \\" in node1
+    # The trainer prefers nodes without servers, then the fullest: node 1 whole, node 0 beside the server.
+    head, node1 = blocks["trainer"], blocks["trainer-node1"]
+    assert "host=node0 devices=2,3,4,5,6,7" in head and "host=node1 devices=0,1,2,3,4,5" in node1
     for k, block in enumerate((head, node1)):
-        assert f"--nnodes 2 --nproc-per-node 6 --node-rank {k}" in block
-        assert '--master-addr "${AREAL_NODE0}"' in block
-        assert "apptainer exec --nv /images/areal.sif \\" in block
-    assert '--nodelist="${AREAL_NODE1}"' in node1
-    assert "\nsupervise 2\n" in script
+        assert f"--nnodes 2 --nproc-per-node 6 --node-rank {k} --master-addr node0" in block
 
 
 def test_multi_node_on_loopback_is_a_user_error(tmp_path):
@@ -234,7 +211,7 @@ def test_real_job_trains_end_to_end(tmp_path, tiny_model_dir, slurm_env):
     for name in ("server0", "trainer", "worker0"):
         assert (rdir / "logs" / f"{name}.log").stat().st_size > 0, name
     job_log = (rdir / "logs" / f"slurm-{job}.log").read_text()
-    assert "[job] trainer finished" in job_log and "[job] training finished" in job_log
+    assert "[job] started trainer" in job_log and "[job] training finished" in job_log
     assert (rdir / "slurm" / "job.sbatch").is_file() and (rdir / "config.yaml").is_file()
     # Slurm saw a completed job with exit code 0.
     state = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True,
@@ -291,3 +268,36 @@ def test_ctrl_c_cancels_the_job(tmp_path, tiny_model_dir, slurm_env):
     job = job_id_of(out)
     assert f"cancelling job {job}" in out and f"job {job} cancelled" in out, out
     assert_nothing_left(job, run_dir(tmp_path), slurm_env)
+
+
+@pytest.mark.timeout(300)
+def test_killed_server_is_restarted_inside_the_job(tmp_path, tiny_model_dir, slurm_env):
+    """The in-job supervisor applies the local launcher's restart policy: a killed server comes back
+    from the trainer's newest weights and the run finishes."""
+    cfg = cpu_config(tmp_path, tiny_model_dir, slurm_env)
+    rdir = run_dir(tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "areal_lite.launcher.slurm", str(ENTRY), "--config", str(cfg), "total_train_steps=4",
+         "recover.mode=auto", "recover.retries=2"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=slurm_env,
+    )
+    try:
+        deadline = time.monotonic() + 200
+        while not (rdir / "metrics.jsonl").is_file() or not read_jsonl(rdir / "metrics.jsonl"):
+            assert time.monotonic() < deadline and proc.poll() is None, "no step was trained"
+            time.sleep(0.5)
+        servers = [p for p in psutil.process_iter(["pid", "name", "cmdline"]) if p.info["name"] != "srun"
+                   and "launch_server" in " ".join(p.info["cmdline"] or []) and str(rdir) in " ".join(p.info["cmdline"])]
+        assert len(servers) == 1, servers
+        servers[0].kill()
+        out, _ = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    job = job_id_of(out)
+    job_log = (rdir / "logs" / f"slurm-{job}.log").read_text()
+    assert proc.returncode == 0, out + job_log
+    assert re.search(r"\[job\] server0 (exited with status \d+|was killed by signal 9); restarting it \(1/2\)", job_log)
+    assert job_log.count("[job] started server0") == 2
+    assert [m["step"] for m in read_jsonl(rdir / "metrics.jsonl")] == [0, 1, 2, 3]
+    assert_nothing_left(job, rdir, slurm_env)

@@ -8,7 +8,7 @@ import os
 import shutil
 import threading
 
-from areal_lite.launcher.plan import pin_newest_weights
+from areal_lite.run.rundir import RunDir
 
 
 def test_pinned_weights_survive_concurrent_write_and_prune(tmp_path):
@@ -35,7 +35,7 @@ def test_pinned_weights_survive_concurrent_write_and_prune(tmp_path):
     t.start()
     try:
         for i in range(300):
-            path, version = pin_newest_weights(str(weights), "server-1")
+            path, version = RunDir(str(tmp_path)).pin_newest_weights("server-1")
             assert sorted(os.listdir(path)) in (["config.json"], ["config.json", "model.safetensors"])
             assert (weights / "pinned" / "server-1" / "config.json").read_text() == str(version)
     finally:

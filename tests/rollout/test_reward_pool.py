@@ -14,7 +14,7 @@ import pytest
 
 from areal_lite.inference.client import InferenceClient, SamplingParams
 from areal_lite.inference.embedded.local_server import start_local_server
-from areal_lite.launcher.slurm_step import pid_alive  # zombies count as gone
+from areal_lite.launcher.common import pid_alive  # zombies count as gone
 from areal_lite.rollout.reward_pool import RewardPool
 from areal_lite.rollout.worker import build_group
 from areal_lite.rollout.workflow import RewardFailure, RLVRWorkflow

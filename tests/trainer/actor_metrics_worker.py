@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 from areal_lite.config.schema import ActorConfig, StatsLoggerConfig
-from areal_lite.trainer.actor import PPOActor
+from areal_lite.trainer.ppo import PPOActor
 from areal_lite.trainer.engine import EngineSpec, FSDPEngine
 from areal_lite.utils.distributed import init_trainer_dist
 from areal_lite.run.stats import StatsLogger, Timer, batch_metrics
@@ -61,7 +61,7 @@ def run_case(model: str, out: str, case: str, device, steps: int = 2) -> None:
     if cfg.kl_ctl > 0:
         ref = FSDPEngine(engine_spec(model), device, total_optimizer_steps=1)
         ref.initialize(with_optimizer=False)
-    actor = PPOActor(cfg, max_new_tokens=32, loss_norm_constant=32.0, seed=0)
+    actor = PPOActor.build(cfg, max_new_tokens=32, loss_norm_constant=32.0, seed=0)
     logger = StatsLogger(StatsLoggerConfig(console=False), run_dir=os.path.join(out, case), run_name=case,
                          config_dict=None, rank=dist.get_rank(), total_steps=steps)
     for step in range(steps):
@@ -69,13 +69,11 @@ def run_case(model: str, out: str, case: str, device, steps: int = 2) -> None:
         t0 = time.monotonic()
         batch = batch_for(step)
         with timer("prox_logp"):
-            prox, entropy = actor.proximal(engine, batch)
-            ref_logp = actor.compute_logp(ref, batch) if ref is not None else None
+            rows = actor.step_rows(engine, batch, ref=ref)
         with timer("advantages"):
-            kl = actor.kl_per_token(prox, ref_logp) if ref_logp is not None and cfg.kl_in_reward else None
-            adv = actor.compute_advantages(batch, kl=kl, entropy=entropy)
+            adv = actor.advantage_fn(batch, rows, kl=actor.kl_rows(rows))
         with timer("train"):
-            train = actor.ppo_update(engine, batch, adv, prox_logp=prox, ref_logp=ref_logp, step=step)
+            train = actor.ppo_update(engine, batch, rows, adv, step=step)
         step_time = time.monotonic() - t0
         logger.commit(step, {"version": step + 1, "time/step": step_time, **timer.times, **train, **adv.stats,
                              **batch_metrics(batch, step, [max(0, step - 1)] * 3, step_time)})
@@ -88,10 +86,10 @@ def gradient_checkpointing_delta(model: str, device) -> dict:
     for gc in (False, True):
         engine = FSDPEngine(engine_spec(model, gradient_checkpointing=gc), device, total_optimizer_steps=4)
         engine.initialize()
-        actor = PPOActor(actor_cfg(model, "default"), max_new_tokens=32, loss_norm_constant=32.0, seed=0)
+        actor = PPOActor.build(actor_cfg(model, "default"), max_new_tokens=32, loss_norm_constant=32.0, seed=0)
         batch = batch_for(0)
-        prox, _ = actor.proximal(engine, batch)
-        actor.ppo_update(engine, batch, actor.compute_advantages(batch), prox_logp=prox, ref_logp=None, step=0)
+        rows = actor.step_rows(engine, batch)
+        actor.ppo_update(engine, batch, rows, actor.advantage_fn(batch, rows), step=0)
         results[gc] = {k: v.clone() for k, v in engine.full_state_dict().items()}
         if gc:
             opt = engine.optimizer

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from areal_lite.config.schema import ActorConfig
-from areal_lite.trainer.actor import PPOActor
+from areal_lite.trainer.ppo import PPOActor
 from areal_lite.trainer.batch import SeqBatch
 from areal_lite.trainer.engine import EngineSpec, FSDPEngine
 from areal_lite.utils.distributed import init_trainer_dist
@@ -67,16 +67,15 @@ def main() -> int:
             before = {k: v.clone() for k, v in engine.full_state_dict().items()}  # may alias the live params
             cfg = ActorConfig(path=model, loss_reduction=reduction, behav_weight_cap=5.0)
             cfg.adv_norm.mean_level, cfg.adv_norm.std_level = "group", "group"
-            actor = PPOActor(cfg, max_new_tokens=32, loss_norm_constant=32.0, seed=0)
+            actor = PPOActor.build(cfg, max_new_tokens=32, loss_norm_constant=32.0, seed=0)
             batch = make_batch(vocab=200)
-            prox = actor.compute_logp(engine, batch)
-            adv = actor.compute_advantages(batch)
-            stats = actor.ppo_update(engine, batch, adv, prox_logp=prox, ref_logp=None, step=0)
+            rows = actor.step_rows(engine, batch)
+            stats = actor.ppo_update(engine, batch, rows, actor.advantage_fn(batch, rows), step=0)
             after = engine.full_state_dict()
             if rank == 0:
                 delta = {k: (after[k] - before[k]).contiguous() for k in after}
                 save_file(delta, os.path.join(out, f"{reduction}-{budget}-w{world}.safetensors"))
-                results[f"{reduction}-{budget}-w{world}"] = {"loss": stats["loss"], "grad_norm": stats["grad_norm"],
+                results[f"{reduction}-{budget}-w{world}"] = {"loss": stats["ppo/loss"], "grad_norm": stats["train/grad_norm"],
                                                              "padding_waste": stats["perf/padding_waste"]}
             del engine
     if rank == 0:

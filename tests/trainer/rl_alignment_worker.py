@@ -14,17 +14,16 @@ from __future__ import annotations
 import json
 import sys
 
-import numpy as np
 import torch
 from transformers import AutoModelForCausalLM
 
 from areal_lite.config.schema import ActorConfig
 from areal_lite.data import generate_arith_records, load_tokenizer, sft_token_ids
-from areal_lite.trainer.actor import PPOActor
 from areal_lite.trainer.batch import balance_across_ranks, build_microbatch
 from areal_lite.trainer.engine import EngineSpec, FSDPEngine
-from areal_lite.utils.distributed import init_trainer_dist
+from areal_lite.trainer.ppo import LossInputs, StepRows, build_ppo_loss_fn
 from areal_lite.trainer.sft import sft_batch, sft_loss_fn
+from areal_lite.utils.distributed import init_trainer_dist
 
 
 def _flat_grad(params) -> torch.Tensor:
@@ -67,13 +66,14 @@ def main() -> int:
 
     cfg = ActorConfig(path=model_dir)
     cfg.loss_reduction, cfg.use_decoupled_loss = "token_mean", True
-    actor = PPOActor(cfg, max_new_tokens=64, loss_norm_constant=64.0, seed=0)
-    batch.behav_logp[:] = cur
-    token_adv = batch.loss_mask.astype(np.float32)
+    loss_fn = build_ppo_loss_fn(cfg, loss_norm_constant=64.0)
+    rows = StepRows.of(batch)
+    rows.behav_logp = rows.prox_logp = cur  # ratio 1, behaviour weight 1
+    adv = rows.mask.float()  # advantage +1 on every answer token
     gen = batch.gen_lens()
-    n_tok, n_seq = float(gen.sum()), float((gen > 0).sum())
-    g_ppo = grad_of(lambda lp, ent, mb: actor._loss(batch, mb, lp, ent, cur, batch.behav_logp, None, token_adv,
-                                                    n_tok, n_seq))
+    totals = (float(gen.sum()), float((gen > 0).sum()))
+    g_ppo = grad_of(lambda lp, ent, mb: loss_fn(LossInputs.for_microbatch(mb, lp, ent, rows, adv, decoupled=True,
+                                                                            totals=totals)))
 
     ref = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="eager")
     ref.train()
@@ -84,8 +84,8 @@ def main() -> int:
         ids = torch.tensor([prompt + answer])
         lp = ref(input_ids=ids).logits[0, :-1].log_softmax(-1).gather(1, ids[0, 1:, None])[:, 0]
         ans = lp[len(prompt) - 1:]
-        mine = cur[off[i] + len(prompt): off[i + 1]]
-        logp_diff = max(logp_diff, float(np.abs(ans.detach().numpy() - mine).max()))
+        mine = cur[i, len(prompt): len(prompt) + len(answer)]  # [B, T] rows: sequence i's answer tokens
+        logp_diff = max(logp_diff, float((ans.detach() - mine).abs().max()))
         nll = nll - ans.sum()
     (nll / total).backward()
     g_ref = _flat_grad(list(ref.parameters()))

@@ -29,7 +29,7 @@ REQUIRED = {
     "reward/mean", "reward/std", "reward/max", "reward/min", "reward/shaped_mean",
     "adv/mean", "adv/std", "adv/max", "adv/min",
     "len/gen_mean", "len/gen_max", "len/gen_min", "len/prompt_mean", "len/truncated_frac",
-    "loss", "grad_norm", "entropy", "lr", "ppo/clipped_frac", "ppo/approx_kl_mean", "ppo/ratio_max",
+    "ppo/loss", "train/grad_norm", "ppo/entropy", "train/lr", "ppo/clipped_frac", "ppo/approx_kl_mean", "ppo/ratio_max",
     "ppo/behav_weight_mean", "ppo/behav_weight_max", "ppo/behav_capped_frac",
     "staleness/max", "staleness/mean",
     "perf/trained_tokens_per_s", "throughput/trained_tokens_per_s", "train/trained_tokens",
@@ -66,7 +66,7 @@ def test_every_step_logs_the_required_metrics(run, case):
             assert isinstance(r[k], (int, float)) and math.isfinite(r[k]), (case, k, r[k])
         for k in ("ppo/clipped_frac", "ppo/behav_capped_frac", "perf/padding_waste", "len/truncated_frac"):
             assert 0.0 <= r[k] <= 1.0, (k, r[k])
-        assert r["grad_norm"] > 0 and r["entropy"] > 0 and r["perf/trained_tokens_per_s"] > 0
+        assert r["train/grad_norm"] > 0 and r["ppo/entropy"] > 0 and r["perf/trained_tokens_per_s"] > 0
         assert r["ppo/behav_weight_max"] >= r["ppo/behav_weight_mean"] > 0
         assert r["len/gen_min"] <= r["len/gen_mean"] <= r["len/gen_max"]
         assert r["staleness/max"] == r["step"] - max(0, r["step"] - 1)
@@ -74,7 +74,7 @@ def test_every_step_logs_the_required_metrics(run, case):
     # The batches have behaviour log-probs far from the model's: some tokens exceed the cap of 2.
     assert any(r["ppo/behav_capped_frac"] > 0 for r in rows)
     # Second step of the cosine schedule with warmup is below the peak lr.
-    assert rows[1]["lr"] < 1e-3
+    assert rows[1]["train/lr"] < 1e-3
 
 
 @pytest.mark.timeout(600)
@@ -97,7 +97,7 @@ def test_entropy_shaping_and_kl_reward_change_the_advantages(run):
         rows = _metrics(run, case)
         assert all(0 < r["entropy_shaping/success_frac"] < 1 and r["entropy_shaping/entropy_mean"] > 0 for r in rows)
         # Shaping really reached the update: another loss than the reward-only advantages give.
-        assert rows[0]["loss"] != pytest.approx(base[0]["loss"], rel=1e-6)
+        assert rows[0]["ppo/loss"] != pytest.approx(base[0]["ppo/loss"], rel=1e-6)
     gtpo, grpo_s = _metrics(run, "gtpo"), _metrics(run, "grpo_s")
     assert gtpo[0]["adv/std"] != pytest.approx(grpo_s[0]["adv/std"], rel=1e-6)  # token vs sequence shaping
     kl = _metrics(run, "kl_in_reward")

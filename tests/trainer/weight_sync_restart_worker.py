@@ -17,7 +17,7 @@ import torch
 from areal_lite.config.schema import ActorConfig
 from areal_lite.inference.client import ServerAdmin
 from areal_lite.inference.embedded.local_server import free_port, start_local_server
-from areal_lite.trainer.actor import PPOActor
+from areal_lite.trainer.ppo import PPOActor
 from areal_lite.trainer.engine import EngineSpec, FSDPEngine
 from areal_lite.run.weight_sync import DistributedWeightSync
 from areal_lite.utils.distributed import init_trainer_dist, run_and_exit
@@ -44,7 +44,7 @@ def main() -> int:
     engine = FSDPEngine(EngineSpec(path=model, lr=3e-2, weight_decay=0.0, max_tokens_per_mb=256,
                                    export_dtype="bfloat16"), d, total_optimizer_steps=8)
     engine.initialize()
-    actor = PPOActor(ActorConfig(path=model), max_new_tokens=32, loss_norm_constant=32.0, seed=0)
+    actor = PPOActor.build(ActorConfig(path=model), max_new_tokens=32, loss_norm_constant=32.0, seed=0)
     port = free_port()
     args = ["--skip-tokenizer-init", "--context-length", "128", "--weight-version", "0", "--dtype", "bfloat16",
             "--log-level", "warning"]
@@ -56,8 +56,8 @@ def main() -> int:
 
     def train_and_sync(sync, v: int) -> dict:
         batch = make_batch(vocab=200, seed=v)
-        prox = actor.compute_logp(engine, batch)
-        actor.ppo_update(engine, batch, actor.compute_advantages(batch), prox_logp=prox, ref_logp=None, step=v)
+        rows = actor.step_rows(engine, batch)
+        actor.ppo_update(engine, batch, rows, actor.advantage_fn(batch, rows), step=v)
         return sync.update(engine, version=v)
 
     sync = DistributedWeightSync(admin, master_address="127.0.0.1", master_port=free_port(), timeout_s=120)

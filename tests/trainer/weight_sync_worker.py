@@ -21,7 +21,8 @@ import torch
 
 from areal_lite.config.schema import ActorConfig
 from areal_lite.inference.client import ServerAdmin
-from areal_lite.trainer.actor import PPOActor
+from areal_lite.run.rundir import RunDir
+from areal_lite.trainer.ppo import PPOActor
 from areal_lite.trainer.batch import SeqBatch
 from areal_lite.control.broadcast import broadcast_bytes
 from areal_lite.trainer.engine import EngineSpec, FSDPEngine
@@ -75,7 +76,7 @@ def trainer_logp(actor: PPOActor, engine: FSDPEngine, ids: list[int], prompt_len
         prompt_lens=np.asarray([prompt_len]), rewards=np.zeros(1), group_ids=np.zeros(1, np.int64),
         truncated=np.zeros(1, bool), prompt_ids=["p"],
     )
-    return actor.compute_logp(engine, batch)[prompt_len:].tolist()
+    return actor.compute_logp(engine, batch)[0, prompt_len:].tolist()
 
 
 def main() -> int:
@@ -86,10 +87,11 @@ def main() -> int:
     spec = EngineSpec(path=model, lr=3e-2, weight_decay=0.0, max_tokens_per_mb=256)
     engine = FSDPEngine(spec, d, total_optimizer_steps=8)
     engine.initialize()
-    actor = PPOActor(ActorConfig(path=model, ppo_n_minibatches=2), max_new_tokens=32, loss_norm_constant=32.0, seed=0)
+    actor = PPOActor.build(ActorConfig(path=model, ppo_n_minibatches=2), max_new_tokens=32, loss_norm_constant=32.0,
+                           seed=0)
     admin = ServerAdmin([url]) if rank == 0 else None
     syncs = {
-        "disk": DiskWeightSync(admin, weights_dir),
+        "disk": DiskWeightSync(admin, RunDir(os.path.dirname(weights_dir))),
         "distributed": DistributedWeightSync(admin, master_address="127.0.0.1", master_port=int(sync_port),
                                              bucket_bytes=64 << 10, timeout_s=120),
     }
@@ -109,9 +111,8 @@ def main() -> int:
         t0 = time.monotonic()
         batch = make_batch(vocab=200, seed=version)
         with timer("train"):
-            prox = actor.compute_logp(engine, batch)
-            actor.ppo_update(engine, batch, actor.compute_advantages(batch), prox_logp=prox, ref_logp=None,
-                             step=version - 1)
+            rows = actor.step_rows(engine, batch)
+            actor.ppo_update(engine, batch, rows, actor.advantage_fn(batch, rows), step=version - 1)
         t_train = time.monotonic()
         with timer("weight_sync"):
             stats = sync.update(engine, version=version)

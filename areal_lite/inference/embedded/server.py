@@ -182,9 +182,19 @@ def build_app(
     async def parse(model, request: Request):
         return P.parse_request(model, await _read_body(request, max_body_bytes))
 
+    for add_routes in (_generation_routes, _info_routes, _control_routes, _weight_routes, _group_routes):
+        add_routes(app, state, parse)
+
     @app.exception_handler(P.RequestError)
     async def reject(request: Request, err: P.RequestError):  # every endpoint's malformed input: 4xx, counted
         return _bad(state, err)
+
+    return app
+
+
+def _generation_routes(app: FastAPI, state: _ServerState, parse) -> None:
+    """`/generate`."""
+    engine = state.engine
 
     @app.api_route("/generate", methods=["POST", "PUT"])
     async def generate(request: Request):
@@ -216,6 +226,11 @@ def build_app(
             engine.abort(rid)  # the client went away: free the slot
             raise
         return JSONResponse(format_generate_response(engine, req, out))
+
+
+def _info_routes(app: FastAPI, state: _ServerState, parse) -> None:
+    """`/health*`, `/model_info`, `/server_info` (and their deprecated names)."""
+    engine = state.engine
 
     @app.get("/health")
     @app.get("/health_generate")
@@ -251,6 +266,11 @@ def build_app(
             "internal_states": [{"weight_version": stats["weight_version"]}],
         }
 
+
+def _control_routes(app: FastAPI, state: _ServerState, parse) -> None:
+    """Cache, abort, pause and continue."""
+    engine = state.engine
+
     @app.api_route("/flush_cache", methods=["GET", "POST"])
     async def flush_cache():
         try:
@@ -277,6 +297,11 @@ def build_app(
         await asyncio.wrap_future(engine.resume())
         return {"message": "Generation continued successfully.", "status": "ok"}
 
+
+def _weight_routes(app: FastAPI, state: _ServerState, parse) -> None:
+    """Weights from disk, the version label, and SGLang's begin/end weight-update session."""
+    engine = state.engine
+
     @app.post("/update_weights_from_disk")
     async def update_weights_from_disk(request: Request):
         req = await parse(P.UpdateWeightFromDiskReqInput, request)
@@ -293,6 +318,33 @@ def build_app(
             message += f" Weight version updated to {req.weight_version}."
         logger.info("weights loaded from %s, version %s", path, engine.weight_version)
         return _success(True, message, num_paused_requests=0)
+
+    @app.post("/update_weight_version")
+    async def update_weight_version(request: Request):
+        req = await parse(P.UpdateWeightVersionReqInput, request)
+        await asyncio.wrap_future(engine.update_weight_version(req.new_version, abort_all_requests=req.abort_all_requests))
+        return _success(True, f"Weight version updated to {req.new_version}", new_version=req.new_version)
+
+    @app.post("/begin_weight_update")
+    async def begin_weight_update(request: Request):
+        await parse(P.BeginWeightUpdateReqInput, request)
+        if state.weight_update_session:
+            return _success(False, "a weight-update session is already open; call end_weight_update() first")
+        state.weight_update_session = True
+        return _success(True, "Success")
+
+    @app.post("/end_weight_update")
+    async def end_weight_update(request: Request):
+        await parse(P.EndWeightUpdateReqInput, request)
+        if not state.weight_update_session:
+            return _success(False, "no weight-update session is open; call begin_weight_update() first")
+        state.weight_update_session = False
+        return _success(True, "Success")
+
+
+def _group_routes(app: FastAPI, state: _ServerState, parse) -> None:
+    """The weight-update group: join, leave, receive a bucket."""
+    engine = state.engine
 
     @app.post("/init_weights_update_group")
     async def init_weights_update_group(request: Request):
@@ -344,30 +396,6 @@ def build_app(
         if req.weight_version is not None:
             message += f" Weight version updated to {req.weight_version}."
         return _success(True, message)
-
-    @app.post("/update_weight_version")
-    async def update_weight_version(request: Request):
-        req = await parse(P.UpdateWeightVersionReqInput, request)
-        await asyncio.wrap_future(engine.update_weight_version(req.new_version, abort_all_requests=req.abort_all_requests))
-        return _success(True, f"Weight version updated to {req.new_version}", new_version=req.new_version)
-
-    @app.post("/begin_weight_update")
-    async def begin_weight_update(request: Request):
-        await parse(P.BeginWeightUpdateReqInput, request)
-        if state.weight_update_session:
-            return _success(False, "a weight-update session is already open; call end_weight_update() first")
-        state.weight_update_session = True
-        return _success(True, "Success")
-
-    @app.post("/end_weight_update")
-    async def end_weight_update(request: Request):
-        await parse(P.EndWeightUpdateReqInput, request)
-        if not state.weight_update_session:
-            return _success(False, "no weight-update session is open; call begin_weight_update() first")
-        state.weight_update_session = False
-        return _success(True, "Success")
-
-    return app
 
 
 def _checked_weight_path(state: _ServerState, model_path: str) -> str:
