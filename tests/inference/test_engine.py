@@ -13,10 +13,14 @@ from tests.inference.helpers import generate_greedy, greedy_loop, teacher_forced
 PROMPTS = [[5, 6, 7, 8], list(range(10, 31)), [42], [100, 101, 102, 103, 104, 105, 106, 107, 108], [7, 7, 7]]
 
 
-@pytest.fixture(scope="module")
-def engine(tiny_model_dir):
-    # Two slots for five requests: joins, leaves and slot moves all happen.
-    eng = Engine(EngineConfig(model_path=str(tiny_model_dir), context_length=128, max_running_requests=2)).start()
+@pytest.fixture(scope="module", params=[True, False], ids=["decoder", "model-forward"])
+def engine(tiny_model_dir, request):
+    # Two slots for five requests: joins, leaves and slot moves all happen. Both forwards: the
+    # engine's decoder (Llama-family models) and the model's own (every other model).
+    config = EngineConfig(model_path=str(tiny_model_dir), context_length=128, max_running_requests=2,
+                          use_decoder=request.param)
+    eng = Engine(config).start()
+    assert (eng.batch.decoder is not None) == request.param
     yield eng
     eng.shutdown()
 

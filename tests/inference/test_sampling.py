@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from areal_lite.inference.embedded.sampling import sample_next_tokens
+from areal_lite.inference.embedded.sampling import sample_from_probs, sample_next_tokens
 
 LN2 = math.log(2.0)
 
@@ -71,3 +71,47 @@ def test_banned_tokens_are_never_sampled_but_logprob_is_unmasked():
     assert 0 not in tokens.tolist()
     ref = torch.log_softmax(logits[0], -1)
     assert torch.allclose(logp, ref[tokens])
+
+
+def test_inverse_cdf_draw_matches_a_naive_walk_of_the_cumulative_mass():
+    # The same uniforms, drawn from a generator in the same state, walked token by token in Python.
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.3, 0.2, 0.0], [0.1, 0.0, 0.0, 0.0, 0.0, 0.9], [0.0, 0.0, 2.0, 0.0, 0.0, 2.0]])
+    probs = probs.repeat(50, 1)  # [150, 6]; the last rows' total is 4 (unnormalised weights are fine)
+    got = sample_from_probs(probs, _gen(7))
+    u = torch.rand(probs.shape[0], 1, dtype=torch.float64, generator=_gen(7)).squeeze(1)
+    for row, (p, ui, token) in enumerate(zip(probs.tolist(), u.tolist(), got.tolist())):
+        target, mass = (1.0 - ui) * sum(p), 0.0
+        for j, pj in enumerate(p):
+            mass += pj
+            if mass >= target:
+                break
+        assert token == j, row
+        assert p[token] > 0
+
+
+def test_inverse_cdf_frequencies_and_zero_mass_tokens():
+    n = 40000
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.3, 0.2, 0.0]]).repeat(n, 1)
+    tokens = sample_from_probs(probs, _gen(8))
+    counts = torch.bincount(tokens, minlength=6).tolist()
+    assert counts[0] == counts[2] == counts[5] == 0
+    for j, p in ((1, 0.5), (3, 0.3), (4, 0.2)):
+        sd = math.sqrt(n * p * (1 - p))
+        assert abs(counts[j] - n * p) < 4 * sd, (j, counts)
+
+
+def test_reported_logprob_matches_a_naive_log_softmax_per_row():
+    # Mixed rows: greedy, tempered, top-p/top-k filtered; the report is log_softmax(logits / T) at the token.
+    gen = _gen(9)
+    logits = torch.randn(6, 50, generator=gen) * 3
+    temperature = torch.tensor([1.0, 0.5, 1.7, 1.0, 0.8, 2.0])
+    greedy = torch.tensor([True, False, False, True, False, False])
+    top_p, top_k = torch.tensor([1.0, 0.9, 1.0, 1.0, 0.5, 1.0]), torch.tensor([-1, -1, 5, -1, 3, -1])
+    tokens, logp = sample_next_tokens(logits, temperature, greedy, top_p=top_p, top_k=top_k, generator=gen)
+    for i in range(6):
+        row = (logits[i] / temperature[i]).tolist()
+        peak = max(row)
+        lse = peak + math.log(sum(math.exp(x - peak) for x in row))
+        assert logp[i].item() == pytest.approx(row[tokens[i]] - lse, abs=1e-5)
+        if greedy[i]:
+            assert tokens[i].item() == int(logits[i].argmax())

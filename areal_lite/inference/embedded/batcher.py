@@ -1,12 +1,15 @@
 """The continuous batch: requests in KV slots, one prefill + one decode forward per step.
 
 Owned by the engine thread (`engine.Engine`); nothing here is thread-safe. Each `step()` (1)
-admits waiting requests into free slots and prefills them in one left-padded batch, sampling their
-first token, then (2) decodes one token for every running request in one batched forward.
-Finished requests leave their slot at once and the running set stays packed in slots 0..B-1, so
-attention reads one contiguous slice, trimmed to the longest running sequence. The model runs
-through its own HF forward with explicit position ids, a 4-D boolean attention mask and the slot
-cache (`kv_cache.SlotKVCache`) standing in for transformers' Cache.
+admits waiting requests into free slots and prefills them in one batch, sampling their first token,
+then (2) decodes one token for every running request in one batched forward. Finished requests
+leave their slot at once and the running set stays packed in slots 0..B-1, so attention reads one
+contiguous slice, trimmed to the longest running sequence.
+
+Two forwards: the engine's own decoder (`decoder.Decoder`: Llama-family models, packed prefill)
+and, for any other model, its own HF forward over left-padded prompts with explicit position ids,
+a 4-D boolean attention mask and the slot cache (`kv_cache.SlotKVCache`) standing in for
+transformers' Cache. Both read and write the same cache.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any, Callable
 
 import torch
 
+from areal_lite.inference.embedded.decoder import Decoder, unsupported_reason
 from areal_lite.inference.embedded.kv_cache import SlotKVCache
 from areal_lite.inference.embedded.sampling import sample_next_tokens
 
@@ -68,14 +72,15 @@ class Request:
     cache_len: int = 0  # tokens of this request held in its KV slot
     spans: list[list[Any]] = field(default_factory=list)  # [version, start] per weight change
     num_retractions: int = 0
+    # Derived from spec once (read for every request at every step).
+    greedy: bool = field(init=False)
+    filters: bool = field(init=False)  # samples from a top-p / top-k subset
+    ban_stops_until: int = field(init=False)  # stop tokens may not be sampled before this many outputs
 
-    @property
-    def greedy(self) -> bool:
-        return self.spec.temperature < GREEDY_EPS
-
-    @property
-    def filters(self) -> bool:
-        return not self.greedy and (self.spec.top_p < 1.0 or 0 < self.spec.top_k)
+    def __post_init__(self):
+        self.greedy = self.spec.temperature < GREEDY_EPS
+        self.filters = not self.greedy and (self.spec.top_p < 1.0 or 0 < self.spec.top_k)
+        self.ban_stops_until = self.spec.min_new_tokens if self.stop_ids else 0
 
 
 class Batcher:
@@ -92,6 +97,7 @@ class Batcher:
         generator: torch.Generator,
         counters: dict[str, Any],
         weight_version: str,
+        use_decoder: bool = True,
     ):
         self.model = model
         self.device = device
@@ -105,9 +111,12 @@ class Batcher:
             counters.setdefault(key, 0.0)
         self.weight_version = weight_version  # stamped on tokens as they are produced
         slots = max_running_requests
-        self.cache = SlotKVCache(model.config.num_hidden_layers, slots, context_length)
+        self.cache = SlotKVCache(model.config.num_hidden_layers, slots, context_length, device=device)
+        # The engine's own forward where it supports the model (`decoder.py`), else the model's.
+        self.decoder = Decoder(model, self.cache) if use_decoder and unsupported_reason(model) is None else None
         dev = device
-        self._arange = torch.arange(max(slots, context_length) + 1, device=dev)
+        # Indices for rows, positions and the packed tokens of one prefill (at most one request over budget).
+        self._arange = torch.arange(max(slots, context_length, max_prefill_tokens) + 1, device=dev)
         self._zeros = torch.zeros(slots, dtype=torch.long, device=dev)
         # Per-slot decode state, packed like `running`.
         self._last = torch.zeros(slots, dtype=torch.long, device=dev)  # token fed at the next decode
@@ -192,9 +201,40 @@ class Batcher:
         base, n = len(self.running), len(batch)
         seqs = [req.prompt + req.out_ids for req in batch]
         lens = [len(s) for s in seqs]
-        width = max(lens)
-        self.cache.reserve(width + 1)
+        self.cache.reserve(max(lens) + 1)
+        if self.decoder is not None:
+            logits = self._prefill_packed(seqs, lens, base)
+        else:
+            logits = self._prefill_padded(seqs, lens, base)
+        for i, req in enumerate(batch):
+            req.slot, req.cache_len = base + i, lens[i]
+            if not req.spans:
+                req.spans.append([self.weight_version, 0])
+            self.running.append(req)
+            self.counters["prompt_tokens"] += lens[i]
+        self.counters["max_running_reqs"] = max(self.counters["max_running_reqs"], len(self.running))
         dev = self.device
+        sl = slice(base, base + n)
+        self._lens[sl] = torch.tensor(lens, dtype=torch.long, device=dev)
+        self._temp[sl] = torch.tensor([1.0 if r.greedy else r.spec.temperature for r in batch], device=dev)
+        self._greedy[sl] = torch.tensor([r.greedy for r in batch], device=dev)
+        self._top_p[sl] = torch.tensor([r.spec.top_p for r in batch], device=dev)
+        self._top_k[sl] = torch.tensor([r.spec.top_k for r in batch], dtype=torch.long, device=dev)
+        self._sample_and_advance(batch, logits, sl)
+
+    def _prefill_packed(self, seqs: list[list[int]], lens: list[int], base: int) -> torch.Tensor:
+        """The engine's decoder over the prompts packed end to end; last-token logits [n, V]."""
+        dev = self.device
+        ids = torch.tensor([t for s in seqs for t in s], dtype=torch.long, device=dev)  # [N]
+        counts = torch.tensor(lens, dtype=torch.long, device=dev)
+        ends = counts.cumsum(0)  # [n]
+        rows = torch.repeat_interleave(self._arange[: len(seqs)], counts)  # [N]
+        positions = self._arange[: ids.shape[0]] - (ends - counts)[rows]  # [N]: 0.. within each row
+        return self.decoder.prefill(ids, positions, rows, base, len(seqs), max(lens), ends - 1)
+
+    def _prefill_padded(self, seqs: list[list[int]], lens: list[int], base: int) -> torch.Tensor:
+        """The model's own forward over left-padded prompts; last-token logits [n, V]."""
+        n, width, dev = len(seqs), max(lens), self.device
         # Left padding puts every row's last token at column width-1, where logits are kept.
         ids = torch.tensor([[0] * (width - len(s)) + s for s in seqs], dtype=torch.long, device=dev)  # [n, T]
         offsets = torch.tensor([width - l for l in lens], dtype=torch.long, device=dev)  # [n]
@@ -212,40 +252,29 @@ class Batcher:
             read_end=base + n,
             read_length=width,
         )
-        logits = self._forward(ids, positions, mask)
-        for i, req in enumerate(batch):
-            req.slot, req.cache_len = base + i, lens[i]
-            if not req.spans:
-                req.spans.append([self.weight_version, 0])
-            self.running.append(req)
-            self.counters["prompt_tokens"] += lens[i]
-        self.counters["max_running_reqs"] = max(self.counters["max_running_reqs"], len(self.running))
-        sl = slice(base, base + n)
-        self._lens[sl] = torch.tensor(lens, dtype=torch.long, device=dev)
-        self._temp[sl] = torch.tensor([1.0 if r.greedy else r.spec.temperature for r in batch], device=dev)
-        self._greedy[sl] = torch.tensor([r.greedy for r in batch], device=dev)
-        self._top_p[sl] = torch.tensor([r.spec.top_p for r in batch], device=dev)
-        self._top_k[sl] = torch.tensor([r.spec.top_k for r in batch], dtype=torch.long, device=dev)
-        self._sample_and_advance(batch, logits, sl)
+        return self._forward(ids, positions, mask)
 
     def _decode(self) -> None:
         running = self.running
         b = len(running)
         length = max(r.cache_len for r in running) + 1
         self.cache.reserve(length)
-        rows = self._arange[:b]
-        positions = self._lens[:b].unsqueeze(1)  # [B, 1]: each row's next cache position
-        mask = (self._arange[:length].unsqueeze(0) <= positions).view(b, 1, 1, length)
-        self.cache.set_step(
-            write_slots=rows,
-            write_positions=self._lens[:b],
-            source_rows=rows,
-            source_cols=self._zeros[:b],
-            read_start=0,
-            read_end=b,
-            read_length=length,
-        )
-        logits = self._forward(self._last[:b].unsqueeze(1), positions, mask)
+        if self.decoder is not None:
+            logits = self.decoder.decode(self._last[:b], self._lens[:b], length)
+        else:
+            rows = self._arange[:b]
+            positions = self._lens[:b].unsqueeze(1)  # [B, 1]: each row's next cache position
+            mask = (self._arange[:length].unsqueeze(0) <= positions).view(b, 1, 1, length)
+            self.cache.set_step(
+                write_slots=rows,
+                write_positions=self._lens[:b],
+                source_rows=rows,
+                source_cols=self._zeros[:b],
+                read_start=0,
+                read_end=b,
+                read_length=length,
+            )
+            logits = self._forward(self._last[:b].unsqueeze(1), positions, mask)
         self._lens[:b] += 1
         for r in running:
             r.cache_len += 1
@@ -254,12 +283,11 @@ class Batcher:
     def _sample_and_advance(self, reqs: list[Request], logits: torch.Tensor, sl: slice) -> None:
         """Sample one token for each of `reqs` (rows of `logits`, slots `sl`), then retire finished ones."""
         banned = None
-        for i, r in enumerate(reqs):
-            if len(r.out_ids) < r.spec.min_new_tokens and r.stop_ids:
-                if banned is None:
-                    banned = torch.zeros(logits.shape, dtype=torch.bool, device=logits.device)
-                banned[i, list(r.stop_ids)] = True
-        filtering = any(r.filters for r in reqs)
+        for i in [i for i, r in enumerate(reqs) if len(r.out_ids) < r.ban_stops_until]:
+            if banned is None:
+                banned = torch.zeros(logits.shape, dtype=torch.bool, device=logits.device)
+            banned[i, list(reqs[i].stop_ids)] = True
+        filtering = any([r.filters for r in reqs])
         tokens, logprobs = sample_next_tokens(
             logits,
             self._temp[sl],
@@ -267,21 +295,22 @@ class Batcher:
             top_p=self._top_p[sl] if filtering else None,
             top_k=self._top_k[sl] if filtering else None,
             banned=banned,
-            all_greedy=all(r.greedy for r in reqs),
+            all_greedy=all([r.greedy for r in reqs]),
             generator=self.generator,
         )
         self._last[sl] = tokens
         finished = []
+        room = self.context_length - 1
         for r, tok, lp in zip(reqs, tokens.tolist(), logprobs.tolist()):
-            r.out_ids.append(tok)
+            out = r.out_ids
+            out.append(tok)
             r.out_logprobs.append(lp)
-            n = len(r.out_ids)
-            if tok in r.stop_ids and n >= r.spec.min_new_tokens:
+            if tok in r.stop_ids and len(out) >= r.spec.min_new_tokens:
                 finished.append((r, {"type": "stop", "matched": tok}))
-            elif n >= r.spec.max_new_tokens:
+            elif len(out) >= r.spec.max_new_tokens:
                 finished.append((r, {"type": "length", "length": r.spec.max_new_tokens}))
-            elif r.cache_len + 1 >= self.context_length:  # no room for the next token's KV
-                finished.append((r, {"type": "length", "length": n}))
+            elif r.cache_len >= room:  # no room for the next token's KV
+                finished.append((r, {"type": "length", "length": len(out)}))
         self.counters["generated_tokens"] += len(reqs)
         if finished:
             self._release([r for r, _ in finished])

@@ -60,6 +60,7 @@ class EngineConfig:
     skip_tokenizer_init: bool = False
     weight_version: str = "default"
     debug_step_delay_s: float = 0.0  # testing only: sleep after every step (a slow server)
+    use_decoder: bool = True  # the engine's own forward for Llama-family models (False: always the model's)
 
 
 @dataclass(eq=False)
@@ -151,6 +152,7 @@ class Engine:
             generator=torch.Generator(device=self.device).manual_seed(config.random_seed),
             counters=self.counters,
             weight_version=config.weight_version,
+            use_decoder=config.use_decoder,
         )
         self._ops: collections.deque[_Op] = collections.deque()
         self._rids: set[str] = set()  # requests submitted and not yet delivered
@@ -172,8 +174,12 @@ class Engine:
         # The engine passes one full causal mask to every layer; a sliding window shorter than the
         # context would be silently ignored, so such models are refused rather than served wrong.
         window = getattr(mcfg, "sliding_window", None)
-        layer_types = set(getattr(mcfg, "layer_types", None) or ["full_attention"])
-        if "sliding_attention" in layer_types and window is not None and window < self.context_length:
+        layer_types = getattr(mcfg, "layer_types", None)
+        if layer_types is not None:
+            sliding = "sliding_attention" in layer_types
+        else:  # no per-layer types: Mistral-style configs slide on every layer when a window is set
+            sliding = getattr(mcfg, "use_sliding_window", True)
+        if sliding and window is not None and window < self.context_length:
             raise ValueError(
                 f"model uses sliding-window attention ({window} < context length {self.context_length}); "
                 "serve it with --context-length <= the window or with SGLang"

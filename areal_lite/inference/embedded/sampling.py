@@ -5,6 +5,10 @@ Semantics (the same as SGLang's default sampler and as the trainer's `logp`):
   *untruncated* vocabulary: top-p / top-k / min_new_tokens change what is sampled, not what is reported;
 - greedy rows (temperature 0) take argmax(logits) and report log_softmax(logits) (T = 1), as SGLang does
   by turning temperature 0 into top_k = 1 at temperature 1.
+
+Sampling inverts each row's cumulative distribution at one uniform draw (one random number per row):
+the same distribution as `torch.multinomial`, whose CPU kernel draws an exponential per vocabulary
+entry and cost more than a decode step's matmuls on small models.
 """
 
 from __future__ import annotations
@@ -36,7 +40,11 @@ def sample_next_tokens(
         tokens = torch.argmax(logits, dim=-1)
     else:
         pick = scaled if banned is None else scaled.masked_fill(banned, float("-inf"))
-        tokens = _sample_filtered(pick, top_p, top_k, generator)
+        if top_p is None and top_k is None:
+            probs = logp.exp() if banned is None else torch.softmax(pick, dim=-1)
+            tokens = sample_from_probs(probs, generator)
+        else:
+            tokens = _sample_filtered(pick, top_p, top_k, generator)
         if bool(greedy.any()):
             tokens = torch.where(greedy, torch.argmax(pick, dim=-1), tokens)
     token_logp = logp.gather(1, tokens.unsqueeze(1)).squeeze(1)
@@ -50,10 +58,7 @@ def _sample_filtered(
     top_k: torch.Tensor | None,
     generator: torch.Generator | None,
 ) -> torch.Tensor:
-    """Multinomial sample from softmax(scaled) restricted to each row's top-k / top-p set."""
-    if top_p is None and top_k is None:
-        probs = torch.softmax(scaled, dim=-1)
-        return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    """Sample from softmax(scaled) restricted to each row's top-k / top-p set."""
     vocab = scaled.shape[-1]
     sorted_logits, order = torch.sort(scaled, dim=-1, descending=True)  # [B, V]
     rank = torch.arange(vocab, device=scaled.device).unsqueeze(0)  # [1, V]
@@ -69,5 +74,19 @@ def _sample_filtered(
         p = top_p.unsqueeze(1)
         drop |= (mass_before >= p) & (p < 1.0)
         sorted_probs = sorted_probs.masked_fill(drop, 0.0)
-    choice = torch.multinomial(sorted_probs, 1, generator=generator)  # [B, 1] index into sorted order
-    return order.gather(1, choice).squeeze(1)
+    choice = sample_from_probs(sorted_probs, generator)  # [B] index into sorted order
+    return order.gather(1, choice.unsqueeze(1)).squeeze(1)
+
+
+def sample_from_probs(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One index per row of probs [B, V] (non-negative, any positive total), drawn in proportion.
+
+    Inverse-CDF sampling: with u uniform in (0, 1], the first index whose cumulative mass reaches
+    u * total. Such an index always adds positive mass, so zero-probability entries are never drawn;
+    the cumulative sum is float64 so that a long tail of tiny probabilities keeps its mass.
+    """
+    cdf = probs.cumsum(dim=-1, dtype=torch.float64)  # [B, V]
+    u = torch.rand(probs.shape[0], 1, dtype=torch.float64, device=probs.device, generator=generator)
+    target = (1.0 - u) * cdf[:, -1:]  # in (0, total]
+    index = torch.searchsorted(cdf, target).squeeze(1)  # [B]
+    return index.clamp_(max=probs.shape[-1] - 1)  # only NaN mass lands past the end
