@@ -13,7 +13,6 @@ Positions are (row, col). A room is a frozen dataclass so that it can be hashed 
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass, replace
 from typing import Iterator
 

@@ -13,7 +13,6 @@ import json
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -64,7 +63,7 @@ def test_console_banner_progress_and_summary(run):
     assert re.search(r"held-out accuracy: [0-9.]+ -> [0-9.]+", tail)
     assert re.search(r"held-out accuracy \(easy\): [0-9.]+ -> [0-9.]+", tail)
     assert f"final model: {rdir / 'checkpoints' / 'final'}" in tail
-    assert f"curves: python -m areal_lite.tools.plot " in tail
+    assert "curves: python -m areal_lite.tools.plot " in tail
     assert "\x1b[" not in out and "\r" not in out  # no bar drawing in a log
 
 
