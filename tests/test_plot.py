@@ -103,6 +103,9 @@ actor:
   eps_clip_higher: null
   overlong_penalty: {{enabled: false}}
   group_filter: {{soft_reweight: false}}
+  policy_loss: ppo
+  adv_estimator: normalize
+  kl_loss_reduction: null
 """
 
 

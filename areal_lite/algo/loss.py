@@ -118,13 +118,7 @@ def policy_loss(
     """
     ratio_level = parse_option(ratio_level, RATIO_LEVELS, "ratio_level")
     shape = logp.shape
-    if logp.dim() != 2:
-        raise ValueError(f"logp must be [B, T], got shape {tuple(shape)}")
-    for name, t in (("old_logp", old_logp), ("mask", mask)):
-        _check_2d(name, t, shape)
-    if advantages.dim() == 1:
-        advantages = advantages[:, None].expand(shape)
-    _check_2d("advantages", advantages, shape)
+    advantages = _checked_inputs(logp, old_logp, advantages, mask)
     if not eps_clip >= 0:
         raise ValueError(f"eps_clip must be >= 0, got {eps_clip}")
     hi = eps_clip if eps_clip_higher is None else eps_clip_higher
@@ -165,6 +159,20 @@ def policy_loss(
         # k1 estimate of KL(π_old ‖ π_θ) per token, summed: the usual "approx_kl" diagnostic.
         stats["approx_kl_sum"] = (-torch.where(m, log_ratio.detach(), 0.0)).sum().to(torch.float64)
     return loss, stats
+
+
+def _checked_inputs(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
+                    mask: torch.Tensor) -> torch.Tensor:
+    """Shape checks of `policy_loss`'s inputs; returns the advantages as `[B, T]`."""
+    shape = logp.shape
+    if logp.dim() != 2:
+        raise ValueError(f"logp must be [B, T], got shape {tuple(shape)}")
+    for name, t in (("old_logp", old_logp), ("mask", mask)):
+        _check_2d(name, t, shape)
+    if advantages.dim() == 1:
+        advantages = advantages[:, None].expand(shape)
+    _check_2d("advantages", advantages, shape)
+    return advantages
 
 
 def behav_weight(

@@ -25,6 +25,15 @@ from areal_lite.algo.groups import group_index, scatter_sum
 from areal_lite.algo.options import NORM_LEVELS, parse_option
 
 
+def _check_shapes(values: torch.Tensor, group_ids: torch.Tensor, mask: torch.Tensor | None) -> None:
+    if values.dim() not in (1, 2):
+        raise ValueError(f"values must be [B] or [B, T], got shape {tuple(values.shape)}")
+    if group_ids.shape != values.shape[:1]:
+        raise ValueError(f"group_ids shape {tuple(group_ids.shape)} does not match B={values.shape[0]}")
+    if mask is not None and mask.shape != values.shape:
+        raise ValueError(f"mask shape {tuple(mask.shape)} differs from values shape {tuple(values.shape)}")
+
+
 def normalize(
     values: torch.Tensor,
     group_ids: torch.Tensor,
@@ -57,12 +66,7 @@ def normalize(
     """
     mean_level = parse_option(mean_level, NORM_LEVELS, "mean_level")
     std_level = parse_option(std_level, NORM_LEVELS, "std_level")
-    if values.dim() not in (1, 2):
-        raise ValueError(f"values must be [B] or [B, T], got shape {tuple(values.shape)}")
-    if group_ids.shape != values.shape[:1]:
-        raise ValueError(f"group_ids shape {tuple(group_ids.shape)} does not match B={values.shape[0]}")
-    if mask is not None and mask.shape != values.shape:
-        raise ValueError(f"mask shape {tuple(mask.shape)} differs from values shape {tuple(values.shape)}")
+    _check_shapes(values, group_ids, mask)
     out_dtype = values.dtype if values.is_floating_point() else torch.float32
     m = torch.ones_like(values, dtype=torch.bool) if mask is None else mask.to(torch.bool)
     # float64 statistics: exact sums so that split and whole batches agree to rounding.

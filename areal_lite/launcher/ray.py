@@ -366,6 +366,33 @@ def plan_on_cluster(cfg: ExperimentConfig, entry: str, config_path: str) -> tupl
 
 
 @exit_on_config_error
+def dry_run(cfg: ExperimentConfig, entry: str, config_path: str) -> int:
+    """Print the plan and the placement groups it would reserve on `cluster.n_nodes` nodes."""
+    n = cfg.cluster.n_nodes
+    cpus = cfg.cluster.n_cpus_per_node or cfg.launcher.ray.num_cpus or os.cpu_count() or 1
+    hosts = [f"node{i}" for i in range(n)] if n > 1 else None
+    plan = build_plan(cfg, entry, config_path=config_path, hosts=hosts, cores=cpus)
+    print(plan.describe())
+    print(describe_groups(by_role(bundles(cfg, plan, cpus))))
+    return 0
+
+
+def release_cluster(placed: dict[str, tuple[object, list[Bundle]]], started: bool) -> None:
+    """Remove this run's placement groups and disconnect; stops the local cluster if this launcher started it."""
+    import ray
+    from ray.util.placement_group import remove_placement_group
+
+    for pg, _ in placed.values():
+        try:
+            remove_placement_group(pg)
+        except Exception:  # noqa: BLE001 - best effort while tearing down
+            pass
+    if ray.is_initialized():
+        ray.shutdown()
+    if started:
+        print("[launcher] local Ray cluster stopped", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = load_for_launcher(argv, "areal_lite.launcher.ray")
@@ -373,13 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     check_topology(cfg)
     config_path = os.path.join(os.path.abspath(run_dir(cfg)), "config.yaml")
     if args.dry_run:
-        n = cfg.cluster.n_nodes
-        cpus = cfg.cluster.n_cpus_per_node or cfg.launcher.ray.num_cpus or os.cpu_count() or 1
-        hosts = [f"node{i}" for i in range(n)] if n > 1 else None
-        plan = build_plan(cfg, args.entry, config_path=config_path, hosts=hosts, cores=cpus)
-        print(plan.describe())
-        print(describe_groups(by_role(bundles(cfg, plan, cpus))))
-        return 0
+        return dry_run(cfg, args.entry, config_path)
 
     received: list[int] = []
     supervisor: Supervisor | None = None
@@ -425,17 +446,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[launcher] received {signal.Signals(e.signum).name}: stopping", flush=True)
         return 128 + e.signum
     finally:
-        from ray.util.placement_group import remove_placement_group
-
-        for pg, _ in placed.values():
-            try:
-                remove_placement_group(pg)
-            except Exception:  # noqa: BLE001 - best effort while tearing down
-                pass
-        if ray.is_initialized():
-            ray.shutdown()  # stops the local cluster when this launcher started it
-        if started:
-            print("[launcher] local Ray cluster stopped", flush=True)
+        release_cluster(placed, started)
 
 
 if __name__ == "__main__":

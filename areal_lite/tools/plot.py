@@ -185,18 +185,7 @@ def plot_runs(runs: Sequence[tuple[str, Sequence[dict]]], out: str, title: str =
         _plot(ax_t, hx, moving_average(hy, window), axis, color=c, lw=1.5, label=None if single else label)
         dx, dy = series(recs, "time/step")
         _plot(ax_d, dx, moving_average(dy, window), axis, color=c, lw=1.5, label=None if single else label)
-    xlabel = "step" if x == "step" else "wall time (minutes of training)"
-    ax_r.set(title="reward (mean over the batch)", ylabel="reward", ylim=(-0.02, 1.02))
-    ax_e.set(title="held-out accuracy (step 0: before training)", ylabel="accuracy", ylim=(-0.02, 1.02))
-    ax_l.set(title="answer length (generated tokens, smoothed)", ylabel="tokens")
-    ax_s.set(title="staleness of trained tokens" + ("" if single else ", mean"), ylabel="versions behind")
-    ax_t.set(title="throughput (trained tokens/s, smoothed)", ylabel="tokens/s")
-    ax_d.set(title="time per step (s, smoothed)", ylabel="seconds")
-    for ax in axes.ravel():
-        ax.set_xlabel(xlabel)
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8, loc="best")
+    label_panels(axes, x=x, single=single)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -204,6 +193,22 @@ def plot_runs(runs: Sequence[tuple[str, Sequence[dict]]], out: str, title: str =
     fig.savefig(out)
     plt.close(fig)
     return out
+
+
+def label_panels(axes, *, x: str, single: bool) -> None:
+    """Titles, axis labels, grids and legends of the six panels."""
+    ax_r, ax_e, ax_l, ax_s, ax_t, ax_d = axes.ravel()
+    ax_r.set(title="reward (mean over the batch)", ylabel="reward", ylim=(-0.02, 1.02))
+    ax_e.set(title="held-out accuracy (step 0: before training)", ylabel="accuracy", ylim=(-0.02, 1.02))
+    ax_l.set(title="answer length (generated tokens, smoothed)", ylabel="tokens")
+    ax_s.set(title="staleness of trained tokens" + ("" if single else ", mean"), ylabel="versions behind")
+    ax_t.set(title="throughput (trained tokens/s, smoothed)", ylabel="tokens/s")
+    ax_d.set(title="time per step (s, smoothed)", ylabel="seconds")
+    for ax in axes.ravel():
+        ax.set_xlabel("step" if x == "step" else "wall time (minutes of training)")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8, loc="best")
 
 
 def default_labels(run_dirs: Sequence[str], configs: Sequence[dict]) -> list[str]:
