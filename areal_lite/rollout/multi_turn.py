@@ -112,6 +112,27 @@ class ChatTurns:
         eot = self._eot_rest if reply_closed and self._eot_rest is not None else self.eot_text
         return self.encode(eot + self.user_text(observation))
 
+    def episode_ids(self, observations: list[str], replies: list[str]) -> tuple[list[int], list[int]]:
+        """(ids, loss_mask) of a whole episode laid out as `EnvWorkflow` lays out a sampled one, for
+        SFT on demonstrations: each reply is the tokenizer's encoding of its text closed by the
+        end-of-turn token (or EOS where the template has none), mask 1; the rest mask 0.
+        `observations[k]` precedes `replies[k]`."""
+        if len(observations) != len(replies) or not replies:
+            raise ValueError(f"an episode needs one observation before each reply, got {len(observations)} "
+                             f"observations and {len(replies)} replies")
+        close = self.eot_id if self.eot_id is not None else self.tokenizer.eos_token_id
+        ids = self.prompt_ids(observations[0])
+        mask = [0] * len(ids)
+        for k, reply in enumerate(replies):
+            if k:
+                context = self.observation_ids(observations[k], reply_closed=True)
+                ids += context
+                mask += [0] * len(context)
+            reply_ids = [*self.encode(reply), close]
+            ids += reply_ids
+            mask += [1] * len(reply_ids)
+        return ids, mask
+
 
 @dataclass
 class EpisodeTrajectory(Trajectory):
