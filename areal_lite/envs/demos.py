@@ -11,8 +11,9 @@ Each action is the optimal one with probability `optimal_prob` and uniformly ran
 arm with the better mean; for FrozenLake, a move along a shortest hole-free path to the goal,
 ties drawn at random, planned on the intended (non-slipping) moves; for Sokoban, the first move of
 a shortest solution within the moves left (`sokoban_rooms.solve`), or a random move when none is
-left. A grid reply holds 1 to `max_actions_per_turn` moves (uniform); the moves after the first are
-planned from where the earlier ones would lead. `play_demo` plays a whole episode.
+left. A grid reply uses its whole allowance (`max_actions_per_turn` moves, fewer when the episode's
+budget or a planned hole or goal ends it sooner), one fixed shape that a small model learns quickly;
+the moves after the first are planned from where the earlier ones would lead. `play_demo` plays a whole episode.
 """
 
 from __future__ import annotations
@@ -66,9 +67,8 @@ def play_demo(env: TextEnv, seed: int, rng: np.random.Generator, *, optimal_prob
             "success": bool(info.get("success", False))}
 
 
-def _num_moves(env, rng: np.random.Generator) -> int:
-    left = max(1, env.max_steps - env.steps)
-    return int(rng.integers(1, min(env.max_actions_per_turn, left) + 1))
+def _num_moves(env) -> int:
+    return max(1, min(env.max_actions_per_turn, env.max_steps - env.steps))
 
 
 def _lake_moves(env: FrozenLakeEnv, rng: np.random.Generator, optimal_prob: float) -> list[str]:
@@ -76,7 +76,7 @@ def _lake_moves(env: FrozenLakeEnv, rng: np.random.Generator, optimal_prob: floa
     ncol = len(env.desc[0])
     pos = divmod(env.state, ncol)
     moves = []
-    for _ in range(_num_moves(env, rng)):
+    for _ in range(_num_moves(env)):
         here = dist.get(pos)
         best = [m for m in LAKE_ACTIONS if here and dist.get(_lake_step(env.desc, pos, m)) == here - 1]
         pool = best if best and rng.random() < optimal_prob else LAKE_ACTIONS
@@ -118,7 +118,7 @@ def _lake_step(desc: list[str], pos: tuple[int, int], move: str) -> tuple[int, i
 def _sokoban_moves(env: SokobanEnv, rng: np.random.Generator, optimal_prob: float) -> list[str]:
     room, names = env.room, list(MOVES)
     moves = []
-    for k in range(_num_moves(env, rng)):
+    for k in range(_num_moves(env)):
         plan = solve(room, env.max_steps - env.steps - k) if rng.random() < optimal_prob else None
         move = plan[0] if plan else names[int(rng.integers(len(names)))]
         moves.append(move)

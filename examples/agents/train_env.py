@@ -26,17 +26,13 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field, fields
-from typing import Any
-
-import numpy as np
 import torch
 import torch.distributed as dist
 
-from areal_lite.config import ConfigError, ExperimentConfig, exit_on_config_error, load_config
+from areal_lite.config import ExperimentConfig, exit_on_config_error, load_config
 from areal_lite.config.schema import resolved_max_concurrent_rollouts, resolved_serving_dtype, resolved_tokenizer_path
 from areal_lite.data import load_tokenizer
-from areal_lite.envs import EnvError, check_env_options, make_env
+from areal_lite.envs import make_env
 from areal_lite.inference.client import InferenceClient, SamplingParams, ServerAdmin
 from areal_lite.rollout.multi_turn import EnvWorkflow, seed_records
 from areal_lite.rollout.worker import WorkerSettings, run_worker
@@ -53,51 +49,14 @@ from areal_lite.trainer.weight_sync import build_weight_sync
 from areal_lite.transport import Codec
 from areal_lite.utils.distributed import init_trainer_dist, run_and_exit
 from areal_lite.utils.runenv import RunEnv
-from warm_start import warm_start  # examples/agents/warm_start.py, beside this script
+from episodes import (EnvSettings, EnvTokenGradProbe, aevaluate_env, env_metrics, env_settings,  # beside this script
+                      episode_loss_norm_constant)
+from warm_start import warm_start
 
 logger = logging.getLogger("train_env")
 
 
 # --------------------------------------------------------------------------------- the task
-
-
-@dataclass
-class EnvSettings:
-    """The environment section (TEMPORARY home: `train_dataset.synthetic`; the lead's `cfg.env`)."""
-
-    name: str = ""
-    options: dict = field(default_factory=dict)  # the environment's keyword arguments
-    max_turns: int = 5  # replies per episode
-    max_total_tokens: int = 2048  # tokens per episode sequence (prompt, replies, observations)
-    format_penalty: float = -0.1  # added per unparseable reply (RAGEN's)
-    system_prompt: str = ""
-    template_kwargs: dict = field(default_factory=dict)  # extra apply_chat_template arguments
-    num_seeds: int = 10_000  # training records: seeds seed_start, ..., seed_start + num_seeds - 1
-    seed_start: int = 0
-    eval_num_seeds: int = 0  # held-out seeds for evaluation (0: no evaluation)
-    eval_seed_start: int = 1_000_000
-    warm_start: dict = field(default_factory=dict)  # SFT on scripted episodes first (warm_start.py)
-
-
-def env_settings(cfg: ExperimentConfig) -> EnvSettings:
-    raw = dict(cfg.train_dataset.synthetic or {})
-    known = {f.name for f in fields(EnvSettings)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ConfigError(f"train_dataset.synthetic (the env section): unknown key(s) {', '.join(unknown)}")
-    env = EnvSettings(**raw)
-    if not env.name:
-        raise ConfigError("train_dataset.synthetic.name: required (the environment, e.g. frozenlake)")
-    try:
-        check_env_options(env.name, env.options)
-    except EnvError as e:
-        raise ConfigError(str(e)) from None
-    if env.max_turns < 1 or env.num_seeds < 1:
-        raise ConfigError("train_dataset.synthetic: max_turns and num_seeds must be >= 1")
-    if env.max_total_tokens > min(cfg.server.context_length, cfg.actor.mb_spec.max_tokens_per_mb):
-        raise ConfigError(f"train_dataset.synthetic.max_total_tokens={env.max_total_tokens} exceeds "
-                          f"server.context_length or actor.mb_spec.max_tokens_per_mb")
-    return env
 
 
 def build_workflow(env: EnvSettings, tokenizer, sampling: SamplingParams, n_samples: int) -> EnvWorkflow:
@@ -124,48 +83,6 @@ def rollout_main(cfg: ExperimentConfig, run: RunEnv) -> int:
     return run_worker(run, workflow, settings)
 
 
-# --------------------------------------------------------------------------------- library candidates
-# NOTE: the three functions below are what the trainer library lacks for episodes today; they
-# move there (areal_lite.config / trainer.stats / rollout.evaluate) when the env section lands.
-
-
-def episode_loss_norm_constant(cfg: ExperimentConfig, env: EnvSettings) -> float:
-    """Dr.GRPO's constant for episodes: the most model tokens one episode can hold."""
-    if cfg.actor.loss_norm_constant is not None:
-        return float(cfg.actor.loss_norm_constant)
-    return float(min(env.max_turns * cfg.gconfig.max_new_tokens, env.max_total_tokens))
-
-
-def env_metrics(groups) -> dict[str, float]:
-    """Per-episode means of what the workflow reports (success, turns, format errors, ...)."""
-    samples = [s for g in groups for s in g.samples]
-    out = {}
-    for key, name in (("success", "success"), ("turns", "turns"), ("format_errors", "format_errors"),
-                      ("env_reward", "env_reward"), ("num_interruptions", "interruptions")):
-        vals = [float(s[key]) for s in samples if s.get(key) is not None]
-        if vals:
-            out[f"env/{name}"] = float(np.mean(vals))
-    for reason in ("stop", "truncated", "max_turns", "length"):
-        out[f"env/finish_{reason}"] = float(np.mean([s["finish_reason"] == reason for s in samples]))
-    return out
-
-
-async def aevaluate_env(workflow: EnvWorkflow, client: InferenceClient, records: list[dict]) -> dict[str, float]:
-    """Held-out episodes (one per seed): success rate (also as eval/accuracy, for the plots), reward."""
-    sem = asyncio.Semaphore(32)
-
-    async def one(record):
-        async with sem:
-            return await workflow.arun_one(client, record["seed"])
-
-    eps = await asyncio.gather(*(one(r) for r in records))
-    success = float(np.mean([t.info["success"] for t in eps]))
-    return {"eval/success": success, "eval/accuracy": success, "eval/reward_mean": float(np.mean([t.reward for t in eps])),
-            "eval/turns_mean": float(np.mean([t.info["turns"] for t in eps])),
-            "eval/format_errors": float(np.mean([t.info["format_errors"] for t in eps])),
-            "eval/num_prompts": float(len(eps))}
-
-
 # --------------------------------------------------------------------------------- training
 
 
@@ -178,7 +95,8 @@ def evaluate(cfg: ExperimentConfig, run: RunEnv, env: EnvSettings, tokenizer) ->
     async def go() -> dict[str, float]:
         async with InferenceClient(run.server_addrs, api_key=run.api_key,
                                    request_timeout=cfg.rollout.request_timeout) as client:
-            return await aevaluate_env(workflow, client, seed_records(env.eval_num_seeds, env.eval_seed_start))
+            seeds = range(env.eval_seed_start, env.eval_seed_start + env.eval_num_seeds)
+            return await aevaluate_env(workflow, client, list(seeds))
 
     return asyncio.run(go())
 
@@ -198,6 +116,7 @@ def train_main(cfg: ExperimentConfig, run: RunEnv) -> int:
     spec = EngineSpec.from_actor(cfg.actor, cfg.gconfig.temperature, export_dtype=resolved_serving_dtype(cfg))
     engine = FSDPEngine(spec, d, total_optimizer_steps=total_steps * cfg.actor.ppo_n_minibatches)
     engine.initialize()
+    probe = EnvTokenGradProbe(engine)  # the engine, measuring the gradient on environment tokens
     ref = None
     if cfg.actor.kl_ctl > 0:
         ref = FSDPEngine(spec, d, total_optimizer_steps=1)
@@ -245,6 +164,7 @@ def train_main(cfg: ExperimentConfig, run: RunEnv) -> int:
 
     t_start = time.monotonic()
     paused_s = 0.0
+    last_save = last_recover = time.monotonic()
     try:
         for step in range(start_step, total_steps):
             timer = Timer()
@@ -266,7 +186,7 @@ def train_main(cfg: ExperimentConfig, run: RunEnv) -> int:
                     kl = actor.kl_per_token(prox if prox is not None else batch.behav_logp, ref_logp)
                 adv = actor.compute_advantages(batch, kl=kl, entropy=entropy)
             with timer("train"):
-                train_stats = actor.ppo_update(engine, batch, adv, prox_logp=prox, ref_logp=ref_logp, step=step)
+                train_stats = actor.ppo_update(probe, batch, adv, prox_logp=prox, ref_logp=ref_logp, step=step)
             with timer("weight_sync"):
                 sync_stats = weight_sync.update(engine, version=step + 1)
                 paused_s += sync_stats.get("time/weight_pause", 0.0)
@@ -275,10 +195,17 @@ def train_main(cfg: ExperimentConfig, run: RunEnv) -> int:
                 controller.record_trained(step, buffered)
 
             with timer("checkpoint"):
-                rec = cfg.recover
-                if rec.mode != "disabled" and rec.freq_steps and (step + 1) % rec.freq_steps == 0:
-                    checkpointer.save(engine, {"step": step, "controller": controller.state_dict() if controller else None},
-                                      step)
+                now, rec, sv = time.monotonic(), cfg.recover, cfg.saver
+                if rec.mode != "disabled" and ((rec.freq_steps and (step + 1) % rec.freq_steps == 0)
+                                               or (rec.freq_secs and now - last_recover >= rec.freq_secs)):
+                    state = {"step": step, "controller": controller.state_dict() if controller else None}
+                    checkpointer.save(engine, state, step)
+                    last_recover = now
+                if (sv.freq_steps and (step + 1) % sv.freq_steps == 0) or (
+                        sv.freq_secs and now - last_save >= sv.freq_secs):
+                    engine.save_hf(os.path.join(run.run_dir, "checkpoints", f"step{step + 1}"),
+                                   tokenizer_path=resolved_tokenizer_path(cfg))
+                    last_save = now
             eval_stats, initial_eval = {f"{k}_initial" if k.startswith("eval/") else k: v
                                         for k, v in initial_eval.items()}, {}
             if evaluating and rank == 0 and (step + 1) % cfg.evaluator.freq_steps == 0:
@@ -289,16 +216,18 @@ def train_main(cfg: ExperimentConfig, run: RunEnv) -> int:
 
             step_time = time.monotonic() - t_step
             metrics = {"version": step + 1, "time/step": step_time, **timer.times, **sync_stats, **train_stats,
-                       **adv.stats, **eval_stats, **env_metrics(groups),
+                       **adv.stats, **eval_stats, **env_metrics(groups), **probe.stats(),
                        **batch_metrics(batch, step, [b.head_version for b in buffered or []], step_time),
                        "rollout/paused_fraction": paused_s / max(time.monotonic() - t_start, 1e-9)}
             if controller is not None:
                 metrics.update(controller.stats())
-            metrics.update(perf_metrics(engine, buffered, admin, t_start, t_step + timer.times.get("time/wait_data", 0.0)))
+            t_data = t_step + timer.times.get("time/wait_data", 0.0)  # when the batch was in hand
+            metrics.update(perf_metrics(engine, buffered, admin, t_start, t_data))
             stats.commit(step, metrics)
 
         if cfg.saver.save_final:
-            engine.save_hf(os.path.join(run.run_dir, "checkpoints", "final"), tokenizer_path=resolved_tokenizer_path(cfg))
+            engine.save_hf(os.path.join(run.run_dir, "checkpoints", "final"),
+                           tokenizer_path=resolved_tokenizer_path(cfg))
     finally:
         if controller is not None:
             controller.shutdown()

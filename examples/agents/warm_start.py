@@ -36,17 +36,20 @@ from areal_lite.trainer.sft import sft_loss_fn
 
 logger = logging.getLogger("warm_start")
 MARKER = "areal_lite_env_warm_start.json"
-DEFAULTS = {"episodes": 0, "optimal_prob": 0.0, "epochs": 1, "batch_size": 32, "lr": 3e-3, "seed_start": 5_000_000}
+# episodes: scripted episodes (0: no warm start); optimal_prob: chance each action is optimal;
+# seed: the demonstrations' draws and the SFT order (independent of the RL run's seed).
+DEFAULTS = {"episodes": 0, "optimal_prob": 0.0, "epochs": 1, "batch_size": 32, "lr": 3e-3, "seed": 1,
+            "seed_start": 5_000_000}
 
 
-def warm_start_recipe(env, seed: int) -> dict[str, Any]:
+def warm_start_recipe(env) -> dict[str, Any]:
     """Everything the warm-started weights depend on (compared with the marker of a cached model)."""
     unknown = sorted(set(env.warm_start) - set(DEFAULTS))
     if unknown:
         raise ConfigError(f"env warm_start: unknown key(s) {', '.join(unknown)} (known: {', '.join(DEFAULTS)})")
     ws = {**DEFAULTS, **env.warm_start}
     return {"env": env.name, "options": env.options, "max_turns": env.max_turns,
-            "system_prompt": env.system_prompt, "template_kwargs": env.template_kwargs, "seed": seed, **ws}
+            "system_prompt": env.system_prompt, "template_kwargs": env.template_kwargs, **ws}
 
 
 def demo_examples(recipe: dict, tokenizer) -> tuple[list[tuple[list[int], list[int]]], dict[str, float]]:
@@ -105,7 +108,7 @@ def run_episode_sft(engine: FSDPEngine, examples, *, epochs: int, batch_size: in
 def warm_start(cfg, env, dist_ctx, tokenizer) -> bool:
     """Fine-tune the model at `actor.path` on demonstrations unless its marker names this recipe.
     Collective over the trainer ranks; returns whether the weights at `actor.path` are warm."""
-    recipe = warm_start_recipe(env, cfg.seed)
+    recipe = warm_start_recipe(env)
     if recipe["episodes"] <= 0:
         return False
     path = os.path.abspath(cfg.actor.path)
@@ -136,7 +139,7 @@ def _needs_training(path: str, recipe: dict) -> int:
 
 def _train_and_replace(cfg, recipe: dict, path: str, dist_ctx, tokenizer) -> None:
     t0 = time.monotonic()
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(recipe["seed"])
     examples, demo_stats = demo_examples(recipe, tokenizer)
     steps = recipe["epochs"] * -(-len(examples) // recipe["batch_size"])
     longest = max(len(ids) for ids, _ in examples)
@@ -148,7 +151,7 @@ def _train_and_replace(cfg, recipe: dict, path: str, dist_ctx, tokenizer) -> Non
     logger.info("warm start: %d scripted episodes (mean reward %.3f, success %.3f), %d steps",
                 len(examples), demo_stats["demo_reward"], demo_stats["demo_success"], steps)
     losses = run_episode_sft(engine, examples, epochs=recipe["epochs"], batch_size=recipe["batch_size"],
-                             seed=cfg.seed)
+                             seed=recipe["seed"])
     tmp = f"{path}.warm-{os.getpid()}"
     engine.save_hf(tmp, tokenizer_path=path)
     if dist_ctx.rank == 0:
