@@ -13,7 +13,10 @@ ties drawn at random, planned on the intended (non-slipping) moves; for Sokoban,
 a shortest solution within the moves left (`sokoban_rooms.solve`), or a random move when none is
 left. A grid reply uses its whole allowance (`max_actions_per_turn` moves, fewer when the episode's
 budget or a planned hole or goal ends it sooner), one fixed shape that a small model learns quickly;
-the moves after the first are planned from where the earlier ones would lead. `play_demo` plays a whole episode.
+the moves after the first are planned from where the earlier ones would lead. `play_demo` plays a
+whole episode.
+
+Your own environment takes part by defining `demo_reply(self, rng, optimal_prob) -> str`.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ def demo_reply(env: TextEnv, rng: np.random.Generator, *, optimal_prob: float) -
     """One reply of the scripted player for `env`'s current state, in the env's answer format."""
     if not 0.0 <= optimal_prob <= 1.0:
         raise EnvError(f"demo optimal_prob must be in [0, 1], got {optimal_prob}")
+    if callable(getattr(env, "demo_reply", None)):  # an environment's own scripted player
+        return env.demo_reply(rng, optimal_prob=optimal_prob)
     if isinstance(env, BanditEnv):
         arm = env.hi_arm_name if rng.random() < optimal_prob else env.arms[int(rng.integers(2))]
         actions = [arm]
@@ -45,7 +50,8 @@ def demo_reply(env: TextEnv, rng: np.random.Generator, *, optimal_prob: float) -
     elif isinstance(env, SokobanEnv):
         actions = _sokoban_moves(env, rng, optimal_prob)
     else:
-        raise EnvError(f"no scripted player for {type(env).__name__} (built in: bandit, frozenlake, sokoban)")
+        raise EnvError(f"no scripted player for {type(env).__name__} (built in: bandit, frozenlake, sokoban; "
+                       f"an environment of your own may define demo_reply(rng, optimal_prob))")
     think = "<think></think>" if getattr(env, "think", False) else ""
     return f"{think}<answer>{' || '.join(actions)}</answer>"
 

@@ -26,13 +26,14 @@ import math
 import os
 import sys
 import time
+
 import torch
 import torch.distributed as dist
 
 from areal_lite.config import ExperimentConfig, exit_on_config_error, load_config
 from areal_lite.config.schema import resolved_max_concurrent_rollouts, resolved_serving_dtype, resolved_tokenizer_path
 from areal_lite.data import load_tokenizer
-from areal_lite.envs import make_env
+from areal_lite.envs import make_env, register_env
 from areal_lite.inference.client import InferenceClient, SamplingParams, ServerAdmin
 from areal_lite.rollout.multi_turn import EnvWorkflow, seed_records
 from areal_lite.rollout.worker import WorkerSettings, run_worker
@@ -51,6 +52,7 @@ from areal_lite.utils.distributed import init_trainer_dist, run_and_exit
 from areal_lite.utils.runenv import RunEnv
 from episodes import (EnvSettings, EnvTokenGradProbe, aevaluate_env, env_metrics, env_settings,  # beside this script
                       episode_loss_norm_constant)
+from guess_number import GuessNumberEnv
 from warm_start import warm_start
 
 logger = logging.getLogger("train_env")
@@ -243,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     run = RunEnv.from_environ()
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {run.role} %(name)s: %(message)s")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    # Your own environment: register_env("my_env", MyEnv) here, before anything makes one.
+    # Your own environments: register them here, before anything makes one (docs/agents.md).
+    register_env("guess_number", GuessNumberEnv, replace=True)
     env_settings(cfg)  # a bad env section fails here, in every role, with one line
     if run.role == "rollout":
         return rollout_main(cfg, run)
