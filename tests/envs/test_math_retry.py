@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from areal_lite.envs import EnvError, EpisodeOverError, make_env, register_env
+from areal_lite.envs import EnvError, EpisodeOverError, make_env, register_env, registry
 from areal_lite.envs.math_retry import FEEDBACK, MathRetryEnv
 from areal_lite.rollout.multi_turn import math_retry_env
 
@@ -14,7 +14,11 @@ PROBLEM = {"id": "p1", "question": "Eve has 8 coins and gets 5. How many coins n
 
 @pytest.fixture(scope="module", autouse=True)
 def registered():
+    saved = dict(registry._registry)
     register_env("math_retry", math_retry_env, replace=True)
+    yield
+    registry._registry.clear()  # other tests see only the built-in environments
+    registry._registry.update(saved)
 
 
 def play(replies, **options):
