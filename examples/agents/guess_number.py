@@ -46,8 +46,5 @@ class GuessNumberEnv(TextEnv):
 
     def demo_reply(self, rng, *, optimal_prob: float) -> str:
         """The warm start's scripted player: bisect what the hints left, or guess at random."""
-        if rng.random() < optimal_prob:
-            guess = (self.lo + self.hi) // 2
-        else:
-            guess = int(rng.integers(1, self.high + 1))
+        guess = (self.lo + self.hi) // 2 if rng.random() < optimal_prob else int(rng.integers(1, self.high + 1))
         return f"<answer>{guess}</answer>"

@@ -28,11 +28,13 @@ AGENTS = REPO / "examples" / "agents"
 ENTRY = AGENTS / "train_env.py"
 ETA = 1
 
-# FrozenLake, shrunk to seconds per step: 4 seeds x 4 episodes, 3 turns, a 200-episode warm start.
+# FrozenLake, shrunk to seconds per step: 4 seeds x 4 episodes, 3 turns, a 480-episode warm start (60 SFT
+# steps of 8: fewer steps left every reply unparseable, so every group had equal rewards and no gradient).
 SMALL = [
     "total_train_steps=3", "train_dataset.batch_size=4", "gconfig.n_samples=4", "rollout.max_head_offpolicyness=1",
     "train_dataset.synthetic.max_turns=3", "train_dataset.synthetic.eval_num_seeds=8", "evaluator.freq_steps=3",
-    "train_dataset.synthetic.warm_start.episodes=200", "train_dataset.synthetic.warm_start.epochs=1",
+    "train_dataset.synthetic.warm_start.episodes=480", "train_dataset.synthetic.warm_start.epochs=1",
+    "train_dataset.synthetic.warm_start.batch_size=8",
     "rollout.heartbeat_s=0.5", "rollout.worker_timeout_s=3.0",
 ]
 
@@ -68,7 +70,7 @@ def test_frozenlake_episodes_train_only_model_tokens(tmp_path):
     assert proc.returncode == 0, explain(proc, runs / "frozenlake-cpu")
     assert "preparing the model" in proc.stdout
     marker = json.loads((model / "areal_lite_env_warm_start.json").read_text())
-    assert marker["recipe"]["env"] == "frozenlake" and marker["recipe"]["episodes"] == 200
+    assert marker["recipe"]["env"] == "frozenlake" and marker["recipe"]["episodes"] == 480
     metrics = read_jsonl(runs / "frozenlake-cpu" / "metrics.jsonl")
     assert [m["step"] for m in metrics] == [0, 1, 2]
     for m in metrics:
@@ -130,3 +132,11 @@ def test_the_docs_environment_and_its_scripted_player():
     obs, reward, terminated, truncated, _ = env.step(f"<answer>{env.target % 8 + 1}</answer>")
     assert obs.endswith(("go higher.", "go lower.")) and (reward, terminated, truncated) == (0.0, False, False)
     assert env.step(f"<answer>{env.target % 8 + 1}</answer>")[3] is True  # out of guesses
+
+
+def test_the_docs_show_the_environment_file_as_it_is():
+    import re
+
+    code = (AGENTS / "guess_number.py").read_text()
+    block = re.search(r"```python\n(import re\n.*?)```", (REPO / "docs" / "agents.md").read_text(), re.DOTALL)
+    assert block and code.endswith(block.group(1)), "docs/agents.md's GuessNumberEnv differs from examples/agents"
