@@ -120,7 +120,7 @@ def test_the_docs_example_runs(clean_registry):
     code = re.search(r"```python\n(.*?)```", DOCS.read_text(), re.DOTALL).group(1)
     namespace = {"__name__": "agents_md"}
     exec(compile(code, str(DOCS), "exec"), namespace)
-    register_env("guess_number", namespace["GuessNumberEnv"])
+    register_env("guess_number", namespace["GuessNumberEnv"], replace=True)  # as train_env.py does
     env = make_env("guess_number", high=8, max_guesses=4)
     obs, _ = env.reset(seed=3)
     assert "1 to 8" in obs
