@@ -59,7 +59,7 @@ placement. Run the values one after another, each under its own `trial_name`:
         --config examples/math/gsm8k_drgrpo_cpu.yaml actor.optimizer.lr=$lr trial_name=lr$lr
     done
 
-The algorithm comparison is such a sweep, built in: `python -m areal_lite.ablation --config ...`
+The algorithm comparison is such a sweep, built in: `python -m areal_lite.tools.ablation --config ...`
 runs its six variants one after another on CPU or side by side on disjoint GPUs.
 """
 

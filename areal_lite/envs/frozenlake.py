@@ -45,8 +45,10 @@ class FrozenLakeEnv(GridActionEnv):
         max_steps: int = 10,
         max_actions_per_turn: int = 5,
         think: bool = False,
+        show_rules: bool = True,
     ):
-        super().__init__(max_steps=max_steps, max_actions_per_turn=max_actions_per_turn, think=think)
+        super().__init__(max_steps=max_steps, max_actions_per_turn=max_actions_per_turn, think=think,
+                         show_rules=show_rules)
         from gymnasium.envs.toy_text.frozen_lake import MAPS
 
         if map_name is not None and desc is not None:

@@ -5,6 +5,10 @@ order until the episode ends or the budget of `max_steps` moves per episode is s
 episode is truncated). The turn's reward is the sum of its moves' rewards. As RAGEN does
 (es_manager.py): the valid moves of a partly wrong reply still run, and the reply counts as a
 format error; a reply with no valid move leaves the board as it was.
+
+`show_rules=False` leaves the task's description and legend out of the first observation (the
+board and the reply format remain): half the prompt's tokens, for small models that cannot read
+the description anyway.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ class GridActionEnv(TextEnv):
 
     action_names: tuple[str, ...] = ()
 
-    def __init__(self, *, max_steps: int, max_actions_per_turn: int, think: bool):
+    def __init__(self, *, max_steps: int, max_actions_per_turn: int, think: bool, show_rules: bool = True):
         name = type(self).__name__
         if int(max_steps) < 1:
             raise EnvError(f"{name}: max_steps must be >= 1, got {max_steps}")
@@ -30,6 +34,7 @@ class GridActionEnv(TextEnv):
         self.max_steps = int(max_steps)
         self.max_actions_per_turn = int(max_actions_per_turn)
         self.think = bool(think)
+        self.show_rules = bool(show_rules)
         self.steps = 0
 
     # ------------------------------------------------------------------ hooks
@@ -59,7 +64,8 @@ class GridActionEnv(TextEnv):
     def _reset(self, options: dict) -> tuple[str, dict[str, Any]]:
         self.steps = 0
         info = self._new_board(options)
-        return f"{self.rules()}\n\n{self._board_text()}", info
+        board = self._board_text()
+        return (f"{self.rules()}\n\n{board}" if self.show_rules else board), info
 
     def _step(self, action: str) -> StepResult:
         parsed = parse_actions(action, self.action_names, max_actions=self.max_actions_per_turn, think=self.think)

@@ -48,8 +48,10 @@ class SokobanEnv(GridActionEnv):
         walk_steps: int | None = None,
         max_actions_per_turn: int = 5,
         think: bool = False,
+        show_rules: bool = True,
     ):
-        super().__init__(max_steps=max_steps, max_actions_per_turn=max_actions_per_turn, think=think)
+        super().__init__(max_steps=max_steps, max_actions_per_turn=max_actions_per_turn, think=think,
+                         show_rules=show_rules)
         if int(rows) < 4 or int(cols) < 4:
             raise EnvError(f"sokoban: rows and cols must be >= 4 (the border is wall), got {rows}x{cols}")
         if not 1 <= int(num_boxes) <= (int(rows) - 2) * (int(cols) - 2) // 3:

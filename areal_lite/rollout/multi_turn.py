@@ -2,7 +2,8 @@
 
 `EnvWorkflow.arun_episode(client, record)` resets `n_samples` environments with the record's seed
 (one GRPO group: every episode starts from the same state; a record without a seed gets one fresh
-seed for its group) and plays each one out:
+seed for its group) and the record itself as Gymnasium's reset `options` (an environment may read
+its fields: math_retry reads a dataset record's question and answer), and plays each one out:
 
     prompt = chat(system?, user: first observation) + generation prompt
     repeat: reply ← the server (model tokens: loss_mask 1, behaviour log-prob, weight version)
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -36,7 +38,9 @@ from typing import Any, Callable
 import numpy as np
 
 from areal_lite.envs import TextEnv
+from areal_lite.envs.math_retry import MathRetryEnv
 from areal_lite.inference.client import GenerationResult, InferenceClient, SamplingParams
+from areal_lite.reward.math import math_reward
 from areal_lite.rollout.workflow import Trajectory
 
 # finish_reason of an episode: the trainer's `truncated` flag (mask_truncated_reward) reads "length".
@@ -112,6 +116,27 @@ class ChatTurns:
         eot = self._eot_rest if reply_closed and self._eot_rest is not None else self.eot_text
         return self.encode(eot + self.user_text(observation))
 
+    def episode_ids(self, observations: list[str], replies: list[str]) -> tuple[list[int], list[int]]:
+        """(ids, loss_mask) of a whole episode laid out as `EnvWorkflow` lays out a sampled one, for
+        SFT on demonstrations: each reply is the tokenizer's encoding of its text closed by the
+        end-of-turn token (or EOS where the template has none), mask 1; the rest mask 0.
+        `observations[k]` precedes `replies[k]`."""
+        if len(observations) != len(replies) or not replies:
+            raise ValueError(f"an episode needs one observation before each reply, got {len(observations)} "
+                             f"observations and {len(replies)} replies")
+        close = self.eot_id if self.eot_id is not None else self.tokenizer.eos_token_id
+        ids = self.prompt_ids(observations[0])
+        mask = [0] * len(ids)
+        for k, reply in enumerate(replies):
+            if k:
+                context = self.observation_ids(observations[k], reply_closed=True)
+                ids += context
+                mask += [0] * len(context)
+            reply_ids = [*self.encode(reply), close]
+            ids += reply_ids
+            mask += [1] * len(reply_ids)
+        return ids, mask
+
 
 @dataclass
 class EpisodeTrajectory(Trajectory):
@@ -185,6 +210,13 @@ class _Episode:
         )
 
 
+# The `math_retry` environment (areal_lite/envs/math_retry.py) checking answers with areal_lite.reward.math,
+# as the single-turn math workflow does. Environments import nothing else of areal_lite, so the check is
+# supplied here; a partial keeps MathRetryEnv's signature, so make_env checks option names:
+#     register_env("math_retry", math_retry_env)
+math_retry_env = functools.partial(MathRetryEnv, check_fn=math_reward)
+
+
 def seed_records(num: int, start: int = 0) -> list[dict]:
     """Records for environment tasks: one per seed, `{"id": "seed<k>", "seed": k}`."""
     return [{"id": f"seed{k}", "seed": k} for k in range(start, start + num)]
@@ -226,13 +258,16 @@ class EnvWorkflow:
             seed = int(np.random.SeedSequence().entropy % 2**31)
         elif not isinstance(seed, int) or isinstance(seed, bool):
             raise ValueError(f"record {record.get('id')!r}: seed must be an integer, got {seed!r}")
-        return list(await asyncio.gather(*(self.arun_one(client, seed) for _ in range(self.n_samples))))
+        episodes = (self.arun_one(client, seed, options=record) for _ in range(self.n_samples))
+        return list(await asyncio.gather(*episodes))
 
-    async def arun_one(self, client: InferenceClient, seed: int | None) -> EpisodeTrajectory:
-        """One episode from `env.reset(seed=seed)` to its end."""
+    async def arun_one(self, client: InferenceClient, seed: int | None, options: dict | None = None
+                       ) -> EpisodeTrajectory:
+        """One episode from `env.reset(seed=seed, options=options)` to its end (`options`: the
+        record, whose fields an environment may read, e.g. math_retry's question and answer)."""
         env = self.env_fn()
         try:
-            obs, _ = await asyncio.to_thread(env.reset, seed=seed)
+            obs, _ = await asyncio.to_thread(env.reset, seed=seed, options=options)
             return await self._play(client, env, obs, seed)
         finally:
             env.close()

@@ -1,7 +1,8 @@
 """The six-way algorithm comparison in one command.
 
-    python -m areal_lite.tools.ablation --config examples/math/gsm8k_drgrpo_cpu.yaml [--steps N] [--gpus 0,1,...]
-                                  [--parallel K] [--out DIR] [--only NAME,...] [--dry-run] [key=value ...]
+    python -m areal_lite.tools.ablation [--task math|bandit|frozenlake|sokoban] [--config CFG.yaml] [--steps N]
+                                  [--gpus 0,1,...] [--parallel K] [--out DIR] [--only NAME,...] [--dry-run]
+                                  [key=value ...]
 
 Runs GRPO, Dr.GRPO and Dr.GRPO+ soft reweighting, each without filtering and with top-k group
 filtering (keep the half of each batch's groups with the largest reward std), from the same config,
@@ -10,7 +11,12 @@ seed, model and step budget, through the local launcher. Each run has its own ru
 overlap. On CPU they run one after another by default (`--parallel 1`); with `--gpus` the listed
 devices are split among concurrent runs (each run sees only its share via CUDA_VISIBLE_DEVICES).
 
-Writes `DIR/ablation.md` (final reward, held-out accuracy, answer length, wall time per variant),
+`--task` picks the entry script and the config: the math example (default) or an agent task of
+examples/agents/ (RAGEN's bandit, FrozenLake, Sokoban), its CPU recipe `<task>_cpu.yaml`, or with
+`--gpus` its GPU recipe `<task>.yaml`; `--config` / `--entry` override them.
+
+Writes `DIR/ablation.md` (final reward, held-out accuracy, answer length, wall time per variant; for
+agent tasks the success rate of the episodes at the start and the end of training instead),
 `DIR/ablation.json` (the same figures and every run's exit status) and `DIR/ablation.png` (the
 curves of all six runs). Extra `key=value` overrides apply to every run. The model is prepared
 (built and SFT-warm-started when the config says so) once, before the runs start.
@@ -41,6 +47,14 @@ ALGORITHMS: dict[str, list[str]] = {
 FILTERS: dict[str, list[str]] = {
     "all": ["actor.group_filter.top_k_ratio=1.0"],
     "topk50": ["actor.group_filter.top_k_ratio=0.5"],
+}
+
+
+# task -> (entry script, CPU config, GPU config)
+TASKS: dict[str, tuple[str, str, str]] = {
+    "math": ("examples/math/gsm8k_drgrpo.py", "examples/math/gsm8k_drgrpo_cpu.yaml", "examples/math/gsm8k_grpo.yaml"),
+    **{task: ("examples/agents/train_env.py", f"examples/agents/{task}_cpu.yaml", f"examples/agents/{task}.yaml")
+       for task in ("bandit", "frozenlake", "sokoban")},
 }
 
 
@@ -100,6 +114,10 @@ def summarize(run_dir: str) -> dict[str, float]:
         _, vals = series(recs, key)
         if vals:
             out[key] = sum(vals) / len(vals)
+    _, success = series(recs, "env/success")  # agent tasks: the episodes' success rate
+    if success:
+        k = max(1, round(len(success) * 0.1))
+        out["success_first"], out["success_last"] = sum(success[:k]) / k, sum(success[-k:]) / k
     _, kept = series(recs, "filter/kept_seqs")  # logged when top-k filtering is on
     if not kept:
         _, kept = series(recs, "train/num_seqs")
@@ -113,18 +131,76 @@ def _fmt(v, spec: str = ".3f") -> str:
 
 
 def markdown_table(results: list[dict]) -> str:
+    if any("success_last" in r.get("summary", {}) for r in results):
+        return _task_table(results)
     head = ("| variant | exit | final reward (last 10%) | reward gain | eval acc start → end | answer length "
             "| soft weight min/mean/max | wall s |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
         s = r.get("summary", {})
-        soft = "-"
-        if "train/soft_reweight_mean" in s:
-            soft = "/".join(_fmt(s[f"train/soft_reweight_{k}"], ".2f") for k in ("min", "mean", "max"))
+        soft = _soft(s)
         acc = f"{_fmt(s.get('eval_accuracy_start'))} → {_fmt(s.get('eval_accuracy_end'))}"
         lines.append(f"| {r['name']} | {r['returncode']} | {_fmt(s.get('reward_last'))} | {_fmt(s.get('reward_gain'), '+.3f')} "
                      f"| {acc} | {_fmt(s.get('gen_len_last'), '.1f')} | {soft} | {_fmt(r.get('wall_s'), '.0f')} |")
     return "\n".join(lines) + "\n"
+
+
+def _soft(s: dict) -> str:
+    if "train/soft_reweight_mean" not in s:
+        return "-"
+    return "/".join(_fmt(s[f"train/soft_reweight_{k}"], ".2f") for k in ("min", "mean", "max"))
+
+
+def _task_table(results: list[dict]) -> str:
+    """The agent tasks' table: reward and success rate of the first and last 10% of steps."""
+    head = ("| variant | exit | reward first → last 10% | success first → last 10% | eval success start → end "
+            "| soft weight min/mean/max | wall s |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in results:
+        s = r.get("summary", {})
+        lines.append(
+            f"| {r['name']} | {r['returncode']} | {_fmt(s.get('reward_first'))} → {_fmt(s.get('reward_last'))} "
+            f"| {_fmt(s.get('success_first'))} → {_fmt(s.get('success_last'))} "
+            f"| {_fmt(s.get('eval_accuracy_start'))} → {_fmt(s.get('eval_accuracy_end'))} | {_soft(s)} "
+            f"| {_fmt(r.get('wall_s'), '.0f')} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_task_runs(runs: list[tuple[str, list[dict]]], out: str, title: str = "") -> str:
+    """Four panels over steps for agent tasks: reward, success rate (both smoothed over a tenth of
+    the run), held-out success, and the mean soft-reweighting weight."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from areal_lite.tools.plot import eval_series, moving_average, series
+
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7), dpi=100)
+    panels = [("reward/mean", "reward (mean over the batch)"), ("env/success", "success rate of the episodes"),
+              (None, "held-out success (eval)"), ("train/soft_reweight_mean", "soft reweighting: mean weight")]
+    for ax, (key, name) in zip(axes.ravel(), panels):
+        for label, recs in runs:
+            if key is None:
+                xs, ys = eval_series(recs)
+                style = {"marker": "o"}
+            else:
+                xs, ys = series(recs, key)
+                ys = moving_average(ys, max(1, len(ys) // 10)) if key.startswith(("reward", "env")) else ys
+                style = {}
+            if xs:
+                ax.plot(xs, ys, lw=1.6, label=label, **style)
+        ax.set(title=name, xlabel="step")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
 
 
 def _launch(entry: str, config: str, overrides: list[str], gpus: list[str], log_path: str) -> subprocess.Popen:
@@ -149,8 +225,11 @@ def _prepare(config: str, overrides: list[str], log_path: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m areal_lite.tools.ablation", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True, help="base config (e.g. examples/math/gsm8k_drgrpo_cpu.yaml)")
-    parser.add_argument("--entry", default=os.path.join("examples", "math", "gsm8k_drgrpo.py"), help="entry script")
+    parser.add_argument("--task", default="math", choices=list(TASKS),
+                        help="what to train: the math example or an agent task (picks --entry and --config)")
+    parser.add_argument("--config", default="", help="base config (default: the task's CPU recipe, or its GPU "
+                                                      "recipe with --gpus)")
+    parser.add_argument("--entry", default="", help="entry script (default: the task's)")
     parser.add_argument("--steps", type=int, default=None, help="training steps per run (default: the config's)")
     parser.add_argument("--gpus", default="", help="comma-separated GPU ids to spread the runs over")
     parser.add_argument("--parallel", type=int, default=0,
@@ -159,7 +238,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="", help="comma-separated variant names to run (default: all six)")
     parser.add_argument("--dry-run", action="store_true", help="print each run's launcher plan; start nothing")
     args, extra = parser.parse_known_args(argv)
+    entry, cpu_config, gpu_config = TASKS[args.task]
+    args.entry = args.entry or entry
+    args.config = args.config or (gpu_config if args.gpus.strip() else cpu_config)
     try:
+        if not os.path.isfile(args.config):
+            raise ConfigError(f"config not found: {args.config}")
         for item in extra:
             if item.startswith("-") or "=" not in item:
                 raise ConfigError(f"unexpected argument {item!r} (overrides are key=value)")
@@ -249,9 +333,10 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(r)
     table = markdown_table(rows)
     machine = f"{os.cpu_count()} CPU cores" + (f", GPUs {args.gpus}" if gpus else "")
-    note = (f"# Ablation: {args.config}\n\nSame seed, model and budget "
-            f"({args.steps or base.total_train_steps} steps) for every run; {machine}; "
-            f"{parallel} run(s) at a time; total {time.monotonic() - t0:.0f}s.\n\n")
+    command = " ".join(["python -m areal_lite.tools.ablation", *(argv if argv is not None else sys.argv[1:])])
+    note = (f"# Ablation: {args.task}, {args.config}\n\n`{command}` on {time.strftime('%Y-%m-%d')}. "
+            f"Same seed ({base.seed}), model and budget ({args.steps or base.total_train_steps} steps) for every "
+            f"run; {machine}; {parallel} run(s) at a time; total {time.monotonic() - t0:.0f}s.\n\n")
     with open(os.path.join(out_dir, "ablation.md"), "w") as fh:
         fh.write(note + table)
     with open(os.path.join(out_dir, "ablation.json"), "w") as fh:
@@ -260,8 +345,9 @@ def main(argv: list[str] | None = None) -> int:
     if done:
         from areal_lite.tools.plot import plot_runs, read_metrics
 
-        plot_runs([(n, read_metrics(d)) for n, d in done], os.path.join(out_dir, "ablation.png"),
-                  title=f"ablation: {os.path.basename(args.config)}")
+        curves = [(n, read_metrics(d)) for n, d in done]
+        plot = plot_runs if args.task == "math" else plot_task_runs
+        plot(curves, os.path.join(out_dir, "ablation.png"), title=f"ablation: {os.path.basename(args.config)}")
     print(table, end="")
     print(f"[ablation] wrote {out_dir}/ablation.md, ablation.json, ablation.png", flush=True)
     return 0 if all(r["returncode"] == 0 for r in rows) else 1

@@ -116,9 +116,11 @@ def test_episode_bookkeeping_and_seeding():
 
 
 def test_the_docs_example_runs(clean_registry):
-    """docs/agents.md's environment, executed as written, plays a whole episode."""
+    """docs/agents.md's environment, executed as written and registered as the docs say, plays a whole episode."""
     code = re.search(r"```python\n(.*?)```", DOCS.read_text(), re.DOTALL).group(1)
-    exec(compile(code, str(DOCS), "exec"), {"__name__": "agents_md"})
+    namespace = {"__name__": "agents_md"}
+    exec(compile(code, str(DOCS), "exec"), namespace)
+    register_env("guess_number", namespace["GuessNumberEnv"], replace=True)  # as train_env.py does
     env = make_env("guess_number", high=8, max_guesses=4)
     obs, _ = env.reset(seed=3)
     assert "1 to 8" in obs

@@ -235,3 +235,31 @@ def test_a_record_without_a_seed_gets_one_for_its_whole_group(server, tokenizer)
     assert len({e[1] for e in log if e[0] == "reset"}) == 1
     with pytest.raises(ValueError, match="record 'bad': seed must be an integer, got '7'"):
         run(server, lambda c: workflow.arun_episode(c, {"id": "bad", "seed": "7"}))
+
+
+def test_multi_turn_math_shares_the_workflow_and_its_records(server, tokenizer):
+    """math_retry through EnvWorkflow: a math record (areal_lite.data's fields) reaches reset as options;
+    a wrong answer is followed by the feedback as context and a second, trained answer; an always-right
+    check ends after one."""
+    from areal_lite.envs.math_retry import FEEDBACK, MathRetryEnv
+    from areal_lite.rollout.multi_turn import math_retry_env
+
+    record = {"id": "q1", "question": "Eve has 987,650 coins and gets 4. How many coins now?", "answer": "987654"}
+    sampling = SamplingParams(max_new_tokens=12, temperature=1.0)
+    wrong = EnvWorkflow(env_fn=lambda: math_retry_env(max_attempts=2), tokenizer=tokenizer, sampling=sampling,
+                        n_samples=2, max_turns=4)
+    right = EnvWorkflow(env_fn=lambda: MathRetryEnv(check_fn=lambda reply, answer: 1.0), tokenizer=tokenizer,
+                        sampling=sampling, n_samples=1, max_turns=4)
+
+    async def go(client):
+        return await asyncio.gather(wrong.arun_episode(client, record), right.arun_episode(client, record))
+
+    retried, [once] = run(server, go)
+    for t in retried:  # the random tiny model never writes the answer
+        assert t.finish_reason == "truncated" and t.reward == 0.0 and t.info["turns"] == 2
+        assert tokenizer.decode(t.input_ids[: t.prompt_len]).count(record["question"]) == 1
+        (a1, b1), (a2, b2) = t.turn_spans
+        between = t.input_ids[b1:a2]
+        assert tokenizer.decode(between).count(FEEDBACK) == 1 and not t.loss_mask[b1:a2].any()
+        assert t.loss_mask[a1:b1].all() and t.loss_mask[a2:b2].all() and b2 == len(t.input_ids)
+    assert once.finish_reason == "stop" and once.reward == 1.0 and once.info["success"] and once.info["turns"] == 1

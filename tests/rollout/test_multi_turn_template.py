@@ -109,6 +109,28 @@ def test_incremental_ids_equal_the_template_of_the_whole_conversation(bpe, templ
     assert whole[: len(ids)] == ids and bpe.decode(whole[len(ids):]) == (turns._eot_rest if closed else turns.eot_text)
 
 
+
+@pytest.mark.parametrize("template,system", [(CHATML, None), (LLAMA3, "Solve the puzzle."), (GEMMA, None)])
+def test_a_demonstration_is_laid_out_as_a_sampled_episode(bpe, template, system):
+    """episode_ids (SFT on scripted episodes) gives the ids of the whole conversation's template and
+    trains exactly the replies and the end-of-turn token that closes each."""
+    bpe.chat_template = template
+    turns = ChatTurns(bpe, system)
+    obs = observations()[: len(REPLIES)]
+    ids, mask = turns.episode_ids(obs, REPLIES)
+    messages = [*turns.messages(obs[0]), {"role": "assistant", "content": REPLIES[0]}]
+    for o, r in zip(obs[1:], REPLIES[1:]):
+        messages += [{"role": "user", "content": o}, {"role": "assistant", "content": r}]
+    whole = template_ids(bpe, messages, False)
+    assert whole[: len(ids)] == ids and bpe.decode(whole[len(ids):]) == turns._eot_rest
+    trained = [i for i, m in zip(ids, mask) if m]
+    assert trained == [t for r in REPLIES for t in [*turns.encode(r), turns.eot_id]]
+    # each trained run starts right where the template's generation prompt ends
+    starts = [k for k in range(len(mask)) if mask[k] and not mask[k - 1]]
+    assert [ids[:k] for k in starts[:1]] == [turns.prompt_ids(obs[0])]
+    with pytest.raises(ValueError, match="one observation before each reply"):
+        turns.episode_ids(obs[:2], REPLIES[:1])
+
 def test_end_of_turn_detection(bpe):
     for template, eot_text, eot_token in [(CHATML, "<|im_end|>\n", "<|im_end|>"), (LLAMA3, "<|eot_id|>", "<|eot_id|>"),
                                           (GEMMA, "<end_of_turn>\n", "<end_of_turn>")]:
