@@ -128,9 +128,19 @@ def check_synthetic_dataset(key: str, ds: Any, path_key: str = "") -> int | None
     """Records of a synthetic dataset section (None for other datasets); ConfigError for a wrong name or option."""
     from areal_lite.data.checks import SYNTHETIC_PREFIX, check_synthetic
     from areal_lite.data.records import DatasetError
+    from areal_lite.envs.base import EnvError
+    from areal_lite.envs.settings import ENV_DATASET, parse_env_settings
 
     if not ds.path.startswith(SYNTHETIC_PREFIX):
         return None
+    if ds.path == ENV_DATASET:  # an agent run: its records are environment seeds
+        if key != "train_dataset":
+            return None  # the held-out seeds are train_dataset's env section's eval_* keys
+        try:
+            env = parse_env_settings(dict(ds.synthetic or {}))
+        except EnvError as e:
+            raise ConfigError(f"{key}.synthetic (the env section): {e}") from None
+        return env.num_seeds
     try:
         return check_synthetic(ds.path, dict(ds.synthetic or {}), ds.split)
     except DatasetError as e:

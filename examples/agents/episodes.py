@@ -1,7 +1,7 @@
-"""What train_env.py needs for episodes that the library does not have yet (the lead moves it there).
+"""What train_env.py needs for episodes beside the library's pieces.
 
-- `EnvSettings` / `env_settings`: the environment section. TEMPORARY home: `train_dataset.synthetic`
-  (a free dict in today's schema); it becomes the schema's `env` section (`cfg.env`).
+- `env_settings`: the environment section (`train_dataset.synthetic` of a `synthetic:env` dataset,
+  areal_lite/envs/settings.py), with the environment's name and options checked against the registry.
 - `episode_loss_norm_constant`: Dr.GRPO's constant counts the model tokens an *episode* can hold.
 - `env_metrics`: per-episode means of the workflow's info columns (`env/success`, `env/turns`, ...).
 - `aevaluate_env`: held-out seeds, scored by `info["success"]` rather than reward > 0.5.
@@ -12,50 +12,25 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
 
 from areal_lite.config import ConfigError
 from areal_lite.envs import EnvError, check_env_options
+from areal_lite.envs.settings import EnvSettings, parse_env_settings
 from areal_lite.inference.client import InferenceClient
 from areal_lite.rollout.multi_turn import EnvWorkflow
 
 
-@dataclass
-class EnvSettings:
-    """The environment section (`train_dataset.synthetic` until the schema's `env` exists)."""
-
-    name: str = ""  # a registered environment (areal_lite.envs.registered_envs())
-    options: dict = field(default_factory=dict)  # the environment's keyword arguments
-    max_turns: int = 5  # replies per episode
-    max_total_tokens: int = 2048  # tokens per episode sequence (prompt, replies, observations)
-    format_penalty: float = -0.1  # added per unparseable reply (RAGEN's)
-    system_prompt: str = ""
-    template_kwargs: dict = field(default_factory=dict)  # extra apply_chat_template arguments
-    num_seeds: int = 10_000  # training records: seeds seed_start ... seed_start + num_seeds - 1
-    seed_start: int = 0
-    eval_num_seeds: int = 0  # held-out seeds for evaluation (0: none)
-    eval_seed_start: int = 1_000_000
-    warm_start: dict = field(default_factory=dict)  # SFT on scripted episodes first (warm_start.py)
-
-
 def env_settings(cfg) -> EnvSettings:
-    """The env section of `cfg`, checked (ConfigError: one line naming the key)."""
-    raw = dict(cfg.train_dataset.synthetic or {})
-    unknown = sorted(set(raw) - {f.name for f in fields(EnvSettings)})
-    if unknown:
-        raise ConfigError(f"train_dataset.synthetic (the env section): unknown key(s) {', '.join(unknown)}")
-    env = EnvSettings(**raw)
-    if not env.name:
-        raise ConfigError("train_dataset.synthetic.name: required (the environment, e.g. frozenlake)")
+    """The env section of `cfg`, checked (ConfigError: one line naming the key), the environment's
+    name and options included (this script's own environments are registered by now)."""
     try:
+        env = parse_env_settings(dict(cfg.train_dataset.synthetic or {}))
         check_env_options(env.name, env.options)
     except EnvError as e:
-        raise ConfigError(f"train_dataset.synthetic.options: {e}") from None
-    if env.max_turns < 1 or env.num_seeds < 1:
-        raise ConfigError("train_dataset.synthetic: max_turns and num_seeds must be >= 1")
+        raise ConfigError(f"train_dataset.synthetic (the env section): {e}") from None
     limit = min(cfg.server.context_length, cfg.actor.mb_spec.max_tokens_per_mb)
     if env.max_total_tokens > limit:
         raise ConfigError(f"train_dataset.synthetic.max_total_tokens={env.max_total_tokens} exceeds "

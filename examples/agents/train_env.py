@@ -13,9 +13,8 @@ start); an episode is one token sequence whose environment tokens are context on
 (areal_lite/rollout/multi_turn.py). To train on your own environment, `register_env` it in `main()`
 below (both roles run main) and name it in the config: docs/agents.md.
 
-TEMPORARY (until the config schema has its `env` section): the environment settings are read from
-`train_dataset.synthetic` (a free dict today), e.g. `train_dataset.synthetic.name=frozenlake`;
-`train_dataset.path` is `synthetic:env` only to pass the launcher's checks (no dataset is read).
+The environment section is `train_dataset.synthetic` of the dataset `synthetic:env`, whose records are
+environment seeds (areal_lite/envs/settings.py: keys, defaults, checks).
 """
 
 from __future__ import annotations
