@@ -83,7 +83,6 @@ class StatsLogger:
         if rank != 0:
             return
         os.makedirs(run_dir, exist_ok=True)
-        self._fh = open(self.path, "a", buffering=1)
         if cfg.wandb.mode != "disabled":
             import wandb
 
@@ -101,7 +100,10 @@ class StatsLogger:
         if self.rank != 0:
             return
         record = {"step": step, **{k: _clean(v) for k, v in sorted(metrics.items())}}
-        assert self._fh is not None
+        if self._fh is None:
+            # NOTE: opened at the first row, not before: resume() replaces the file (dropping the rows
+            # of replayed steps), and a handle opened earlier would write to the replaced file.
+            self._fh = open(self.path, "a", buffering=1)
         self._fh.write(json.dumps(record) + "\n")
         if self._wandb is not None:
             self._wandb.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
