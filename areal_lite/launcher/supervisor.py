@@ -285,6 +285,9 @@ class Supervisor:
         fatal = self.run_dir.read_fatal()
         if fatal:
             raise LaunchError(f"{what}: {fatal}; stopping the run (a restart cannot fix this). Log: {c.log_path}")
+        # A full or read-only run directory fails every restart alike (and leaves no room for `fatal`).
+        if problem := self.run_dir.write_problem():
+            raise LaunchError(f"{what}: {problem}; stopping the run (a restart cannot fix this). Log: {c.log_path}")
         if self.cfg.recover.mode == "disabled" or c.restarts >= self.cfg.recover.retries:
             why = "recover.mode is disabled" if self.cfg.recover.mode == "disabled" else \
                 f"it already restarted {c.restarts} time(s) (recover.retries={self.cfg.recover.retries})"
