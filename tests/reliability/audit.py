@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 import time
 from collections import Counter
 from contextlib import contextmanager
@@ -116,3 +117,36 @@ def launched(module: str, config: Path, *overrides: str, **kw) -> Iterator[Launc
                 launch.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 launch.proc.kill()
+
+
+class ListenWatch:
+    """Every listening TCP socket of the launcher's descendants, as (address, command) pairs."""
+
+    def __init__(self, root_pid: int):
+        self.root = psutil.Process(root_pid)
+        self.seen: dict[tuple[int, str, int], str] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                for p in self.root.children(recursive=True):
+                    try:
+                        for c in p.net_connections("inet"):
+                            if c.status == psutil.CONN_LISTEN:
+                                self.seen.setdefault((p.pid, c.laddr.ip, c.laddr.port), " ".join(p.cmdline()[:3]))
+                    except psutil.Error:
+                        pass
+            except psutil.Error:
+                return
+            time.sleep(0.2)  # listeners open at start-up and stay
+
+    def stop(self) -> dict[str, set[str]]:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        out: dict[str, set[str]] = {}
+        for (_, ip, _), cmd in self.seen.items():
+            out.setdefault(ip, set()).add(cmd)
+        return out

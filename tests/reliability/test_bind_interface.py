@@ -14,8 +14,6 @@ import ipaddress
 import os
 import shutil
 import subprocess
-import threading
-import time
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -23,7 +21,7 @@ import psutil
 import pytest
 
 from tests.e2e.conftest import read_jsonl, run_dir, write_config
-from tests.reliability.audit import launched
+from tests.reliability.audit import ListenWatch, launched
 
 LOCAL = "areal_lite.launcher.local"
 VETH, VETH_PEER, VETH_ADDR = "arl-test0", "arl-test1", "10.213.7.1"
@@ -60,39 +58,6 @@ def interface_address() -> Iterator[str]:
         yield VETH_ADDR
     finally:
         subprocess.run(["ip", "link", "del", VETH], capture_output=True)  # removes the peer too
-
-
-class ListenWatch:
-    """Every listening TCP socket of the launcher's descendants, as (address, command) pairs."""
-
-    def __init__(self, root_pid: int):
-        self.root = psutil.Process(root_pid)
-        self.seen: dict[tuple[int, str, int], str] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                for p in self.root.children(recursive=True):
-                    try:
-                        for c in p.net_connections("inet"):
-                            if c.status == psutil.CONN_LISTEN:
-                                self.seen.setdefault((p.pid, c.laddr.ip, c.laddr.port), " ".join(p.cmdline()[:3]))
-                    except psutil.Error:
-                        pass
-            except psutil.Error:
-                return
-            time.sleep(0.05)
-
-    def stop(self) -> dict[str, set[str]]:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        out: dict[str, set[str]] = {}
-        for (_, ip, _), cmd in self.seen.items():
-            out.setdefault(ip, set()).add(cmd)
-        return out
 
 
 @pytest.mark.timeout(400)
