@@ -77,8 +77,14 @@ def assert_metrics_sound(rdir: Path, *, eta: int, steps: int = EPOCH_PROMPTS // 
 def trainer_processes(torchrun_pid: int) -> list[psutil.Process]:
     """torchrun and its ranks (the processes running the entry script below it)."""
     torchrun = psutil.Process(torchrun_pid)
-    ranks = [p for p in torchrun.children(recursive=True) if str(ENTRY) in " ".join(p.cmdline())]
-    return [torchrun, *ranks]
+    return [torchrun, *(p for p in torchrun.children(recursive=True) if _runs_entry(p))]
+
+
+def _runs_entry(p: psutil.Process) -> bool:
+    try:
+        return str(ENTRY) in " ".join(p.cmdline())
+    except psutil.Error:  # a short-lived child that exited (or is a zombie) since children() listed it
+        return False
 
 
 def wait_for_ranks(torchrun_pid: int, n: int, timeout: float = 120) -> list[psutil.Process]:
