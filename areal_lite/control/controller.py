@@ -67,6 +67,12 @@ class BufferedGroup:
         versions = self.group.versions[self.group.loss_mask.astype(bool)]
         return int(versions.min()) if versions.size else self.grant.version
 
+    @property
+    def newest_version(self) -> int:
+        """Newest policy version among the group's generated tokens."""
+        versions = self.group.versions[self.group.loss_mask.astype(bool)]
+        return int(versions.max()) if versions.size else self.grant.version
+
 
 @dataclass
 class WorkerState:
@@ -433,16 +439,22 @@ class RolloutController:
                 self._send_cancel(worker, pids)
 
     def _drop_stale_buffered(self) -> None:
-        stale = [b for b in self.buffer if self.version - b.head_version > self.eta]
-        if not stale:
+        """Re-issue buffered groups that may not be trained at this version: more than η versions
+        old, or with tokens from weights newer than the trainer's (a server that restarted into
+        weights the trainer has since given up; the trainer's own push corrects the server)."""
+        def usable(b: BufferedGroup) -> bool:
+            return self.version - b.head_version <= self.eta and b.newest_version <= self.version
+
+        dropped = sorted((b for b in self.buffer if not usable(b)), key=lambda b: b.grant.seq)
+        if not dropped:
             return
-        self.buffer = [b for b in self.buffer if self.version - b.head_version <= self.eta]
-        stale.sort(key=lambda b: b.grant.seq)
-        for b in stale:
+        self.buffer = [b for b in self.buffer if usable(b)]
+        for b in dropped:
+            reason = "stale_buffered" if b.newest_version <= self.version else "future_weights"
             self.staleness.on_unaccept()
-            self.ledger.write(prompt_id=b.grant.prompt_id, event="requeued", reason="stale_buffered")
-        self.source.requeue([b.grant.prompt_id for b in stale])
-        self.counters["stale_buffered_requeued"] += len(stale)
+            self.ledger.write(prompt_id=b.grant.prompt_id, event="requeued", reason=reason)
+            self.counters[f"{reason}_requeued"] += 1
+        self.source.requeue([b.grant.prompt_id for b in dropped])
         self._grant_all()
 
     def _send_cancel(self, worker: WorkerState, prompt_ids: list[str]) -> None:

@@ -109,6 +109,18 @@ def reachable_host(host: str, bind: str) -> str:
     return bind if bind not in (*LOOPBACK, "0.0.0.0", "::", "") else "127.0.0.1"
 
 
+def torchrun_command(python: str, master_addr: str, master_port: int, *, node_rank: int, nnodes: int,
+                     local: bool) -> list[str]:
+    """torchrun up to its per-node options. On this machine, its rendezvous store listens on the master
+    address alone (launcher/torchrun.py; a plain torchrun's store listens on every interface)."""
+    if local and nnodes == 1:
+        endpoint = f"[{master_addr}]:{master_port}" if ":" in master_addr else f"{master_addr}:{master_port}"
+        return [python, "-m", "areal_lite.launcher.torchrun", "--rdzv-backend", "static-bound",
+                "--rdzv-endpoint", endpoint, "--rdzv-conf", f"rank={node_rank}", "--nnodes", "1"]
+    return [python, "-m", "torch.distributed.run", "--nnodes", str(nnodes), "--node-rank", str(node_rank),
+            "--master-addr", master_addr, "--master-port", str(master_port)]
+
+
 def multi_host(cfg: ExperimentConfig) -> bool:
     return cfg.cluster.n_nodes > 1 or cfg.cluster.bind_host not in LOOPBACK
 
@@ -255,16 +267,9 @@ def build_plan(
         env = {**base_env, **run_env.to_environ()}
         if gpu:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, devices))
-        cmd = [
-            python, "-m", "torch.distributed.run",
-            "--nnodes", str(t.nnodes),
-            "--nproc-per-node", str(t.nproc_per_node),
-            "--node-rank", str(k),
-            "--master-addr", head_host,
-            "--master-port", str(master_port),
-            "--max-restarts", "0",
-            entry, "--config", config_path,
-        ]
+        cmd = [*torchrun_command(python, head_host, master_port, node_rank=k, nnodes=t.nnodes,
+                                 local=hosts[node] == "localhost"),
+               "--nproc-per-node", str(t.nproc_per_node), "--max-restarts", "0", entry, "--config", config_path]
         name = "trainer" if k == 0 else f"trainer-node{k}"
         trainers.append(ProcessSpec(name, "trainer", cmd, env, hosts[node], node, devices))
 

@@ -19,6 +19,7 @@ the allocation). Everything else is here, written once:
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -26,17 +27,25 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import psutil
+
 from areal_lite.config.schema import ExperimentConfig
 from areal_lite.launcher.common import Stopped, kill_process_tree, read_from, tail
 from areal_lite.launcher.console import Console, RunProgress
 from areal_lite.launcher.plan import Plan, ProcessSpec, server_command
+from areal_lite.run.checkpoint import RecoverCheckpointer
 from areal_lite.run.rundir import RunDir
 from areal_lite.utils.net import http_ok
 
 POLL_S = 0.2
 STOP_GRACE_S = 10.0
 WORKER_LEAVE_S = 10.0
+KILL_WAIT_S = 30.0
+TRACK_S = 5.0
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# Every process a launched process starts inherits this variable: its value names the launch, so the
+# whole tree is found again even after a parent died and its children were re-parented elsewhere.
+TREE_TAG = "AREAL_LITE_PROCESS_TAG"
 
 
 class LaunchError(RuntimeError):
@@ -50,6 +59,7 @@ class Child:
     handle: Any = None  # what the backend returned from start(): poll(), wait(timeout), pid
     restarts: int = 0
     done: bool = False
+    tag: str = ""  # TREE_TAG of the current incarnation (local backend)
 
 
 class Backend:
@@ -69,6 +79,9 @@ class Backend:
     def read_file(self, path: str, pos: int) -> str:
         return read_from(path, pos)
 
+    def track(self, children: list[Child]) -> None:
+        """Note the processes each child has started so far (called every few seconds)."""
+
     def release(self) -> None:
         pass
 
@@ -78,21 +91,65 @@ class LocalProcesses(Backend):
 
     def __init__(self) -> None:
         self._logs: dict[str, Any] = {}
+        self._launches = itertools.count()
+        self._found: dict[str, dict[int, psutil.Process]] = {}  # tag → processes found by it
 
     def start(self, child: Child) -> subprocess.Popen:
         log = self._logs.get(child.spec.name)
         if log is None:
             log = self._logs[child.spec.name] = open(child.log_path, "ab", buffering=0)
+        child.tag = f"{os.getpid()}-{child.spec.name}-{next(self._launches)}"
         return subprocess.Popen(child.spec.cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env={**os.environ, **child.spec.env}, start_new_session=True)
+                                env={**os.environ, **child.spec.env, TREE_TAG: child.tag}, start_new_session=True)
 
     def kill_tree(self, child: Child, sig: int) -> None:
+        """Signal the process, its descendants and every process of its launch that left the tree:
+        when torchrun dies first, its ranks (each in a session of its own) are orphans that keep
+        running and holding the run's ports. After SIGKILL, wait until they are gone."""
         kill_process_tree(child.handle.pid, sig)
+        # NOTE: remembered across calls: a process that is exiting has no environment left to match,
+        # but still holds its sockets until it is gone.
+        known = self._found.setdefault(child.tag, {})
+        known.update({p.pid: p for p in tagged_processes(child.tag)[child.tag]})
+        procs = [p for p in known.values() if p.is_running()]
+        for p in procs:
+            try:
+                p.send_signal(sig)
+            except psutil.NoSuchProcess:
+                pass
+        if sig == signal.SIGKILL:
+            # A process in uninterruptible sleep (an fsync under heavy I/O) dies only when it returns.
+            _, stuck = psutil.wait_procs(procs, timeout=KILL_WAIT_S)
+            if stuck:
+                print(f"[launcher] warning: {child.spec.name}: pid(s) {[p.pid for p in stuck]} still alive "
+                      f"{KILL_WAIT_S:.0f}s after SIGKILL", flush=True)
+
+    def track(self, children: list[Child]) -> None:
+        """One scan for every child: a process found once is killed with its tree even after it left
+        the tree and its environment is gone (a process that is exiting)."""
+        for tag, procs in tagged_processes(*(c.tag for c in children if c.handle is not None)).items():
+            self._found.setdefault(tag, {}).update({p.pid: p for p in procs})
 
     def release(self) -> None:
         for fh in self._logs.values():
             fh.close()
         self._logs.clear()
+
+
+def tagged_processes(*tags: str) -> dict[str, list[psutil.Process]]:
+    """Every live process whose environment has TREE_TAG set to one of `tags` (a launch and all it
+    started), by tag."""
+    found: dict[str, list[psutil.Process]] = {t: [] for t in tags if t}
+    if not found:
+        return found
+    for p in psutil.process_iter():
+        try:
+            tag = p.environ().get(TREE_TAG) if p.pid != os.getpid() else None
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+        if tag in found:
+            found[tag].append(p)
+    return found
 
 
 class Supervisor:
@@ -176,19 +233,23 @@ class Supervisor:
             return self._supervise(trainers, workers)
         except LaunchError as e:
             self._say(f"error: {e}")
-            self.stop()
             return 1
         except Stopped as e:
             self._say(f"received {signal.Signals(e.signum).name}: stopping every process")
-            self.stop()
             return 128 + e.signum
         finally:
+            # Whatever ended the run (even an error of the launcher itself), nothing outlives it.
+            self.stop()
             self.backend.release()
 
     def _supervise(self, trainers: list[Child], workers: list[Child]) -> int:
+        next_track = 0.0
         while True:
             self._check_signal()
             self._print_progress()
+            if time.monotonic() >= next_track:
+                self.backend.track(self.children)
+                next_track = time.monotonic() + TRACK_S
             for c in self.children:
                 if c.done or c.handle is None:
                     continue
@@ -211,6 +272,7 @@ class Supervisor:
             time.sleep(POLL_S)
 
     def _finish(self, workers: list[Child]) -> None:
+        """Give the workers a moment to leave on the controller's shutdown (run() then stops the rest)."""
         deadline = time.monotonic() + WORKER_LEAVE_S
         for c in workers:
             if c.handle is not None:
@@ -218,7 +280,6 @@ class Supervisor:
                     c.handle.wait(timeout=max(0.1, deadline - time.monotonic()))
                 except subprocess.TimeoutExpired:
                     pass
-        self.stop()
 
     # ------------------------------------------------------------------ the restart policy
 
@@ -227,6 +288,9 @@ class Supervisor:
         fatal = self.run_dir.read_fatal()
         if fatal:
             raise LaunchError(f"{what}: {fatal}; stopping the run (a restart cannot fix this). Log: {c.log_path}")
+        # A full or read-only run directory fails every restart alike (and leaves no room for `fatal`).
+        if problem := self.run_dir.write_problem():
+            raise LaunchError(f"{what}: {problem}; stopping the run (a restart cannot fix this). Log: {c.log_path}")
         if self.cfg.recover.mode == "disabled" or c.restarts >= self.cfg.recover.retries:
             why = "recover.mode is disabled" if self.cfg.recover.mode == "disabled" else \
                 f"it already restarted {c.restarts} time(s) (recover.retries={self.cfg.recover.retries})"
@@ -236,6 +300,12 @@ class Supervisor:
         if c.spec.role == "trainer":
             # Every rank must be gone (and its ports free) before a new group forms.
             self.stop([c])
+            # The dead trainer's weights newer than where its successor starts are a policy the
+            # run no longer has: drop them now, before a server can restart from them (the new
+            # trainer does the same in resume(), but only seconds from now).
+            start = RecoverCheckpointer(self.run_dir.recover_dir).start_step()
+            if dropped := self.run_dir.drop_weights_after(start):
+                self._say(f"dropped weights {dropped}: the trainer resumes at version {start}")
         if c.spec.role == "server":
             self._restart_command(c)
         if c.spec.role in ("trainer", "rollout"):
@@ -267,7 +337,10 @@ class Supervisor:
         self.progress.poll()  # one line per step logged, the steps' bar, the trainer's evaluation
 
     def _say(self, msg: str) -> None:
-        self.console.say(msg)
+        try:
+            self.console.say(msg)
+        except OSError:  # the console is gone (a closed terminal or pipe): the logs still have it all
+            pass
 
     def _check_signal(self) -> None:
         if self.stop_signal is not None:

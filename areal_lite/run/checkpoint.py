@@ -46,6 +46,11 @@ class RecoverCheckpointer:
         path = os.path.join(self.root, name)
         return path if os.path.isfile(os.path.join(path, STATE_FILE)) else None
 
+    def start_step(self) -> int:
+        """The step a trainer resuming now starts at: one past the newest complete checkpoint's, or 0."""
+        latest = self.latest()
+        return int(os.path.basename(latest).removeprefix("step-")) + 1 if latest is not None else 0
+
     def save(self, engine, trainer_state: dict, step: int) -> str:
         """Collective over trainer ranks. `trainer_state` is used from rank 0 (msgpack-able)."""
         rank, group = engine.rank, engine.dist.cpu_group

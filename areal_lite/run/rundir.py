@@ -17,13 +17,50 @@ so a server restarted later can never serve weights newer than the trainer's own
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+from contextlib import contextmanager
+from typing import Iterator
 
 from areal_lite.utils.runenv import ENV_RUN_DIR
 
 LOG_DIR, WEIGHTS, CHECKPOINTS, RECOVER, PINNED = "logs", "weights", "checkpoints", "recover", "pinned"
+# Write failures of the file system, not of the program: a restart into the same directory fails alike.
+FS_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG})
+PROBE_BYTES = 1 << 20
+
+
+class RunDirWriteError(OSError):
+    """A write under the run directory failed because of its file system (full, read-only, not
+    permitted). One line (exit 2), not retried; what was written before is left as it was."""
+
+    exit_code = 2
+
+
+def write_failure(what: str, path: str, e: OSError) -> str:
+    """One line for a failed write: what, where, why, the free space, and what to do."""
+    try:
+        free = f"{shutil.disk_usage(os.path.dirname(path) or '.').free >> 20} MiB free"
+    except OSError:
+        free = "free space unknown"
+    return (f"cannot write {what} ({path}): [Errno {e.errno}] {e.strerror} ({free}); free space or make it "
+            "writable, then relaunch the same command (with recover.mode=auto it resumes from the last "
+            "recover checkpoint); what was written before is intact")
+
+
+@contextmanager
+def writing(what: str, path: str) -> Iterator[None]:
+    """Turn a file-system failure of the writes inside into a RunDirWriteError naming `what`."""
+    try:
+        yield
+    except RunDirWriteError:
+        raise
+    except OSError as e:
+        if e.errno not in FS_ERRNOS:
+            raise
+        raise RunDirWriteError(write_failure(what, path, e)) from None
 
 
 class RunDir:
@@ -133,10 +170,38 @@ class RunDir:
         kept = [line for line in lines if _step_of(line) is not None and _step_of(line) < before_step]
         if len(kept) != len(lines):
             tmp = f"{self.metrics_path}.tmp"
-            with open(tmp, "w") as fh:
-                fh.writelines(kept)
-            os.replace(tmp, self.metrics_path)
+            with writing("the metrics", self.metrics_path):
+                try:
+                    with open(tmp, "w") as fh:
+                        fh.writelines(kept)
+                    os.replace(tmp, self.metrics_path)
+                finally:  # a failed write leaves the file as it was, and no partial copy beside it
+                    if os.path.exists(tmp):
+                        os.remove(tmp)
         return len(lines) - len(kept)
+
+    def write_problem(self) -> str | None:
+        """Why files cannot be written here now (a full or read-only file system), or None.
+
+        Writes, syncs and removes a 1 MiB probe: a run that failed on a full disk fails the same way
+        after any restart, which is then pointless.
+        """
+        probe = os.path.join(self.root, f".write-probe-{os.getpid()}")
+        try:
+            with writing("the run directory", self.root):
+                try:
+                    with open(probe, "wb") as fh:
+                        fh.write(bytes(PROBE_BYTES))
+                        fh.flush()
+                        os.fsync(fh.fileno())
+                finally:
+                    if os.path.exists(probe):
+                        os.remove(probe)
+        except RunDirWriteError as e:
+            return str(e)
+        except OSError:
+            return None
+        return None
 
     @classmethod
     def record_fatal(cls, message: str) -> None:

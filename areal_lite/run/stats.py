@@ -19,6 +19,8 @@ import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Sequence
 
+from areal_lite.run.rundir import writing
+
 logger = logging.getLogger("areal_lite.stats")
 
 
@@ -233,7 +235,6 @@ class StatsLogger:
         if rank != 0:
             return
         os.makedirs(run_dir, exist_ok=True)
-        self._fh = open(self.path, "a", buffering=1)
         if cfg.tensorboard:
             _require_tensorboard()
         if cfg.wandb.mode != "disabled":
@@ -272,8 +273,12 @@ class StatsLogger:
         if self.rank != 0:
             return
         record = {"step": step, **{k: _clean(v) for k, v in sorted(metrics.items())}}
-        assert self._fh is not None
-        self._fh.write(json.dumps(record) + "\n")
+        with writing("the metrics", self.path):
+            if self._fh is None:
+                # NOTE: opened at the first row, not before: resume() replaces the file (dropping the rows
+                # of replayed steps), and a handle opened earlier would write to the replaced file.
+                self._fh = open(self.path, "a", buffering=1)
+            self._fh.write(json.dumps(record) + "\n")
         numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         if self._wandb is not None:
             self._wandb.log({**numbers, "step": step})
@@ -286,7 +291,10 @@ class StatsLogger:
                 self._tb.add_scalar(k, v, global_step=step)
             self._tb.flush()
         if self.cfg.console:
-            print(self.progress_line(step, metrics), file=sys.stdout, flush=True)
+            try:
+                print(self.progress_line(step, metrics), file=sys.stdout, flush=True)
+            except OSError:  # a full disk under the log file: the metrics file is the record
+                pass
 
     def progress_line(self, step: int, m: dict[str, Any]) -> str:
         def g(key: str, fmt: str) -> str:

@@ -28,7 +28,7 @@ import torch.distributed as dist
 
 from areal_lite.config.placement import server_ranks
 from areal_lite.inference.client import ServerAdmin
-from areal_lite.run.rundir import RunDir
+from areal_lite.run.rundir import RunDir, writing
 from areal_lite.utils.distributed import (
     destroy_custom_process_group,
     init_custom_process_group,
@@ -67,7 +67,8 @@ class DiskWeightSync:
         state = engine.full_state_dict()
         stats: dict[str, float] = {}
         if engine.rank == 0:
-            save_hf_dir(engine.model, state, path, dtype=engine.export_dtype)
+            with writing(f"weights v{version}", path):
+                save_hf_dir(engine.model, state, path, dtype=engine.export_dtype)
             t1 = time.perf_counter()
             assert self.admin is not None
             self.admin.pause()

@@ -22,6 +22,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from areal_lite.algo import aggregate_stats, logprobs_and_entropy
@@ -30,6 +31,13 @@ from areal_lite.utils.distributed import TrainerDist
 from areal_lite.utils.hf import save_hf_dir, torch_dtype
 
 logger = logging.getLogger("areal_lite.trainer.engine")
+
+class TrainingDiverged(RuntimeError):
+    """An update left the parameters, or the model's outputs, non-finite; the weights never left the
+    trainer. Reported on one line and not retried (a restart would diverge the same way)."""
+
+    exit_code = 2
+
 
 LossFn = Callable[[torch.Tensor, torch.Tensor | None, MicroBatch], tuple[torch.Tensor, dict[str, float]]]
 
@@ -254,6 +262,7 @@ class FSDPEngine:
         grad_norm = self._clip_and_norm()
         if math.isfinite(grad_norm):
             self.optimizer.step()
+            self._check_finite(grad_norm)
         else:
             logger.warning("non-finite gradient norm %s: optimizer step skipped", grad_norm)
             stats["train/skipped_steps"] = stats.get("train/skipped_steps", 0.0) + 1.0
@@ -265,6 +274,27 @@ class FSDPEngine:
         stats["train/grad_norm"] = grad_norm
         stats["train/lr"] = float(self.scheduler.get_last_lr()[0])
         return stats
+
+    @torch.no_grad()
+    def _check_finite(self, grad_norm: float) -> None:
+        """Collective: raise TrainingDiverged on every rank if the update left a parameter, or the
+        logits of a two-token probe, non-finite. Finite but huge weights (a huge learning rate)
+        overflow only in the forward, which is why the probe runs; both checks cost one sync each."""
+        assert self.model is not None
+        local = [p.to_local() if hasattr(p, "to_local") else p for p in self.model.parameters()]
+        params_ok = torch.stack([torch.isfinite(t).all() for t in local if t.numel()]).all()
+        probe = self._dummy()
+        logits = self.model(input_ids=probe.input_ids, position_ids=probe.position_ids,
+                            attention_mask=probe.attention_mask, use_cache=False).logits
+        flags = torch.stack([~params_ok, ~torch.isfinite(logits).all()]).float().cpu()
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=self.dist.cpu_group)
+        if flags.any():
+            what = "parameters" if flags[0] else "outputs (logits)"
+            lr = self.scheduler.get_last_lr()[0] if self.scheduler is not None else float("nan")
+            raise TrainingDiverged(
+                f"training diverged at optimizer step {self.optimizer_steps + 1}: the model's {what} are not finite "
+                f"after the update (lr {lr:.3g}, gradient norm {grad_norm:.3g}); the weights were not sent to "
+                "the servers. Lower actor.optimizer.lr, or check the rewards and the loss scale")
 
     def _clip_and_norm(self) -> float:
         assert self.model is not None

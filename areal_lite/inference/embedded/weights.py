@@ -50,7 +50,8 @@ def apply_named_tensors(
     """Copy tensors into the model's parameters/buffers by state-dict name; returns how many.
 
     Casts to each parameter's dtype and device. With `require_all`, every parameter must be
-    covered (tied parameters count once), as a full checkpoint must.
+    covered (tied parameters count once), as a full checkpoint must. Tensors with NaN or inf are
+    refused before anything is copied.
     """
     targets = model.state_dict(keep_vars=True)
     pairs = []
@@ -60,14 +61,22 @@ def apply_named_tensors(
             raise WeightLoadError(f"unknown weight name {name!r}")
         if tuple(target.shape) != tuple(tensor.shape):
             raise WeightLoadError(f"shape mismatch for {name!r}: got {tuple(tensor.shape)}, model has {tuple(target.shape)}")
-        pairs.append((target, tensor))
+        pairs.append((name, target, tensor))
+    # NaN or inf weights would make every logit NaN: refuse the update, keep serving the current ones.
+    floats = [(name, tensor) for name, _, tensor in pairs if tensor.is_floating_point()]
+    if floats:
+        finite = torch.stack([torch.isfinite(t).all() for _, t in floats]).tolist()  # one sync
+        bad = [name for (name, _), ok in zip(floats, finite) if not ok]
+        if bad:
+            raise WeightLoadError(f"non-finite values (nan or inf) in {len(bad)} tensor(s), e.g. {bad[:3]}; "
+                                  "the served weights are unchanged")
     if require_all:
-        covered = {id(t) for t, _ in pairs}
+        covered = {id(t) for _, t, _ in pairs}
         missing = [n for n, p in model.named_parameters() if id(p) not in covered]
         if missing:
             raise WeightLoadError(f"checkpoint lacks {len(missing)} parameters, e.g. {missing[:3]}")
     with torch.no_grad():
-        for target, tensor in pairs:
+        for _, target, tensor in pairs:
             target.data.copy_(tensor.to(device=target.device, dtype=target.dtype))
     return len(pairs)
 
