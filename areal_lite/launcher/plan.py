@@ -197,17 +197,40 @@ def build_plan(
     run_id = run_id or uuid.uuid4().hex[:12]
     cores = cores or cfg.cluster.n_cpus_per_node or os.cpu_count() or 1
     rdir = os.path.abspath(run_dir(cfg))
-    weights_dir = os.path.join(rdir, "weights")
     spans_hosts = multi_host(cfg)
     secret = secrets.token_bytes(32) if spans_hosts else None
     api_key = secrets.token_hex(16) if spans_hosts else None
-    bind = cfg.cluster.bind_host
-    al = cfg.allocation
-    gpu = al.device == "cuda"
-    threads = str(torch_threads(cfg, cores))
+    gpu = cfg.allocation.device == "cuda"
+    base_env = process_env(cfg, cores)
+    placement = gpu_placement(cfg) if gpu else None
+    servers, urls = server_specs(cfg, hosts, ports, placement, base_env, api_key,
+                                 weights_dir=os.path.join(rdir, "weights"))
 
-    base_env = {
-        "OMP_NUM_THREADS": threads if not gpu else "4",
+    # Trainer: the placement's nodes (GPU), or the first nodes (CPU).
+    trainer_devices = placement.trainer if placement else [(n, []) for n in range(cfg.allocation.trainer.nnodes)]
+    head = trainer_devices[0][0]
+    head_host = reachable_host(hosts[head], cfg.cluster.bind_host)
+    traj_port, ctrl_port, pub_port, master_port, sync_port = ports(), ports(), ports(), ports(), ports()
+    run_env = RunEnv(role="trainer", run_id=run_id, run_dir=rdir, secret=secret, api_key=api_key, server_addrs=urls,
+                     controller_host=head_host, trajectory_port=traj_port, control_port=ctrl_port,
+                     broadcast_port=pub_port, weight_sync_port=sync_port)
+    env = {**base_env, **run_env.to_environ()}
+    trainers = trainer_specs(cfg, hosts, trainer_devices, env, head_host, master_port, python=python,
+                             program=[entry, "--config", config_path])
+    workers = [
+        ProcessSpec(f"worker{i}", "rollout", [python, entry, "--config", config_path],
+                    {**env, "OMP_NUM_THREADS": "1", "AREAL_LITE_ROLE": "rollout", "AREAL_LITE_WORKER_INDEX": str(i)},
+                    hosts[head], head)
+        for i in range(cfg.allocation.rollout.num_workers)
+    ]
+    return Plan(run_id, rdir, config_path, servers, trainers, workers, urls, secret)
+
+
+def process_env(cfg: ExperimentConfig, cores: int) -> dict[str, str]:
+    """The environment every process of the run starts with (before its role's own variables)."""
+    gpu = cfg.allocation.device == "cuda"
+    env = {
+        "OMP_NUM_THREADS": str(torch_threads(cfg, cores)) if not gpu else "4",
         "TOKENIZERS_PARALLELISM": "false",
         "PYTHONUNBUFFERED": "1",
         "HF_HUB_DISABLE_PROGRESS_BARS": "1",
@@ -215,70 +238,48 @@ def build_plan(
     if gpu:
         # SGLang sets both to 0 in its servers unless they are set; the trainer's side of the NCCL
         # weight-update group must agree, and a colocated trainer fragments less with expandable segments.
-        base_env.update(NCCL_CUMEM_ENABLE="0", NCCL_NVLS_ENABLE="0",
-                        PYTORCH_CUDA_ALLOC_CONF="expandable_segments:True")
-    base_env.update({k: str(v) for k, v in cfg.launcher.env.items()})
-    placement = gpu_placement(cfg) if gpu else None
+        env.update(NCCL_CUMEM_ENABLE="0", NCCL_NVLS_ENABLE="0", PYTORCH_CUDA_ALLOC_CONF="expandable_segments:True")
+    env.update({k: str(v) for k, v in cfg.launcher.env.items()})
+    return env
 
-    servers: list[ProcessSpec] = []
-    urls: list[str] = []
+
+def server_specs(cfg: ExperimentConfig, hosts: list[str], ports: PortPicker, placement, base_env: dict[str, str],
+                 api_key: str | None, *, weights_dir: str) -> tuple[list[ProcessSpec], list[str]]:
+    """One inference server per `allocation.inference.num_servers`, and the URLs clients reach them at."""
+    al, bind = cfg.allocation, cfg.cluster.bind_host
     tp = al.inference.tp_size
     offsets, _ = server_ranks(al.inference.num_servers, tp)
     distributed = cfg.actor.weight_update_mode == "distributed"
+    servers, urls = [], []
     for i in range(al.inference.num_servers):
         node, devices = placement.servers[i] if placement else (0, [])
-        host = hosts[node]
-        port = ports()
-        url_host = reachable_host(host, bind)
+        host, port = hosts[node], ports()
         env = dict(base_env)
-        if gpu:
+        if placement:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, devices))
         if api_key:
             env[ENV_API_KEY] = api_key
         cmd = server_command(cfg, host=bind, port=port, seed=cfg.seed * 1000 + i, weights_dir=weights_dir)
-        url = f"http://{url_host}:{port}"
+        url = f"http://{reachable_host(host, bind)}:{port}"
         urls.append(url)
         ranks = list(range(offsets[i], offsets[i] + tp)) if distributed else []
-        servers.append(ProcessSpec(f"server{i}", "server", cmd, env, host, node, devices, port, f"{url}/health",
-                                   ranks))
+        servers.append(ProcessSpec(f"server{i}", "server", cmd, env, host, node, devices, port, f"{url}/health", ranks))
+    return servers, urls
 
-    # Trainer: the placement's nodes (GPU), or the first nodes (CPU).
-    t = al.trainer
-    trainer_devices = placement.trainer if placement else [(n, []) for n in range(t.nnodes)]
-    trainer_nodes = [n for n, _ in trainer_devices]
-    head = trainer_nodes[0]
-    head_host = reachable_host(hosts[head], bind)
-    traj_port, ctrl_port, pub_port, master_port, sync_port = ports(), ports(), ports(), ports(), ports()
-    run_env = RunEnv(
-        role="trainer",
-        run_id=run_id,
-        run_dir=rdir,
-        secret=secret,
-        api_key=api_key,
-        server_addrs=urls,
-        controller_host=head_host,
-        trajectory_port=traj_port,
-        control_port=ctrl_port,
-        broadcast_port=pub_port,
-        weight_sync_port=sync_port,
-    )
-    trainers: list[ProcessSpec] = []
+
+def trainer_specs(cfg: ExperimentConfig, hosts: list[str], trainer_devices: list[tuple[int, list[int]]],
+                  env: dict[str, str], head_host: str, master_port: int, *, python: str,
+                  program: list[str]) -> list[ProcessSpec]:
+    """One torchrun per trainer node, `allocation.trainer.nproc_per_node` ranks each."""
+    t = cfg.allocation.trainer
+    trainers = []
     for k, (node, devices) in enumerate(trainer_devices):
-        env = {**base_env, **run_env.to_environ()}
-        if gpu:
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, devices))
+        node_env = dict(env)
+        if cfg.allocation.device == "cuda":
+            node_env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, devices))
         cmd = [*torchrun_command(python, head_host, master_port, node_rank=k, nnodes=t.nnodes,
                                  local=hosts[node] == "localhost"),
-               "--nproc-per-node", str(t.nproc_per_node), "--max-restarts", "0", entry, "--config", config_path]
+               "--nproc-per-node", str(t.nproc_per_node), "--max-restarts", "0", *program]
         name = "trainer" if k == 0 else f"trainer-node{k}"
-        trainers.append(ProcessSpec(name, "trainer", cmd, env, hosts[node], node, devices))
-
-    workers: list[ProcessSpec] = []
-    for i in range(al.rollout.num_workers):
-        env = {**base_env, **run_env.to_environ(), "OMP_NUM_THREADS": "1"}
-        env["AREAL_LITE_ROLE"] = "rollout"
-        env["AREAL_LITE_WORKER_INDEX"] = str(i)
-        node = trainer_nodes[0]
-        workers.append(ProcessSpec(f"worker{i}", "rollout", [python, entry, "--config", config_path], env,
-                                   hosts[node], node))
-    return Plan(run_id, rdir, config_path, servers, trainers, workers, urls, secret)
+        trainers.append(ProcessSpec(name, "trainer", cmd, node_env, hosts[node], node, devices))
+    return trainers

@@ -365,7 +365,6 @@ def plan_on_cluster(cfg: ExperimentConfig, entry: str, config_path: str) -> tupl
     return plan, bundles(cfg, plan, cpus), hosts, here
 
 
-@exit_on_config_error
 def dry_run(cfg: ExperimentConfig, entry: str, config_path: str) -> int:
     """Print the plan and the placement groups it would reserve on `cluster.n_nodes` nodes."""
     n = cfg.cluster.n_nodes
@@ -393,6 +392,7 @@ def release_cluster(placed: dict[str, tuple[object, list[Bundle]]], started: boo
         print("[launcher] local Ray cluster stopped", flush=True)
 
 
+@exit_on_config_error
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = load_for_launcher(argv, "areal_lite.launcher.ray")

@@ -79,7 +79,8 @@ def test_local_dry_run_of_an_8_gpu_node(tmp_path):
     assert worker["env"]["AREAL_LITE_CONTROLLER"] == trainer["env"]["AREAL_LITE_CONTROLLER"]
 
     t = trainer["cmd"]
-    assert t[1:3] == ["-m", "torch.distributed.run"]
+    # One machine: torchrun with its rendezvous store bound to the master address (launcher/torchrun.py).
+    assert t[1:3] == ["-m", "areal_lite.launcher.torchrun"] and flag(t, "--rdzv-endpoint").startswith("127.0.0.1:")
     assert flag(t, "--nproc-per-node") == "4" and flag(t, "--nnodes") == "1" and t[-3] == str(ENTRY)
     assert not (tmp_path / "runs").exists()  # nothing was started or written
 
