@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from areal_lite.config import ConfigError, load_config
 from areal_lite.config.schema import resolved_trainer_world_size
@@ -223,7 +224,8 @@ def _prepare(config: str, overrides: list[str], log_path: str) -> None:
         raise RuntimeError(f"model preparation failed (exit {rc}); see {log_path}")
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    """The options, and the key=value overrides shared by every run."""
     parser = argparse.ArgumentParser(prog="python -m areal_lite.tools.ablation", description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", default="math", choices=list(TASKS),
                         help="what to train: the math example or an agent task (picks --entry and --config)")
@@ -241,73 +243,83 @@ def main(argv: list[str] | None = None) -> int:
     entry, cpu_config, gpu_config = TASKS[args.task]
     args.entry = args.entry or entry
     args.config = args.config or (gpu_config if args.gpus.strip() else cpu_config)
-    try:
-        if not os.path.isfile(args.config):
-            raise ConfigError(f"config not found: {args.config}")
-        for item in extra:
-            if item.startswith("-") or "=" not in item:
-                raise ConfigError(f"unexpected argument {item!r} (overrides are key=value)")
-        if args.steps is not None and args.steps < 1:
-            raise ConfigError("--steps must be >= 1")
-        if not os.path.isfile(args.entry):
-            raise ConfigError(f"entry script not found: {args.entry}")
-        base = load_config(["--config", args.config, *extra])
-        runs = variants()
-        if args.only:
-            wanted = args.only.split(",")
-            unknown = sorted(set(wanted) - {v.name for v in runs})
-            if unknown:
-                raise ConfigError(f"--only: unknown variant(s) {', '.join(unknown)} "
-                                  f"(known: {', '.join(v.name for v in runs)})")
-            runs = [v for v in runs if v.name in wanted]
-        out_dir = os.path.abspath(args.out or os.path.join("runs", f"ablation-{time.strftime('%Y%m%d-%H%M%S')}"))
-        all_overrides = {}
-        for v in runs:  # every run's config must load before anything starts
-            ov = run_overrides(v, experiment=base.experiment_name, out_dir=out_dir, steps=args.steps, extra=extra)
-            load_config(["--config", args.config, *ov])
-            all_overrides[v.name] = ov
-        gpus = [g.strip() for g in args.gpus.split(",") if g.strip()]
-        need = devices_per_run(base)
-        if gpus and need == 0:
-            raise ConfigError("--gpus given but the config runs on CPU (allocation.device=cpu)")
-        slots = assign_gpus(runs, gpus, need)
-        parallel = args.parallel or (slots if slots else 1)
-        if slots:
-            parallel = min(parallel, slots)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return args, extra
 
-    if args.dry_run:
-        for v in runs:
-            print(f"== {v.name}" + (f" (CUDA_VISIBLE_DEVICES={','.join(v.gpus)})" if v.gpus else ""))
-            proc = subprocess.run([sys.executable, "-m", "areal_lite.launcher.local", args.entry, "--config",
-                                   args.config, *all_overrides[v.name], "--dry-run"],
-                                  capture_output=True, text=True,
-                                  env={**os.environ, **({"CUDA_VISIBLE_DEVICES": ",".join(v.gpus)} if v.gpus else {})})
-            print(proc.stdout, end="")
-            if proc.returncode != 0:
-                print(proc.stderr, end="", file=sys.stderr)
-                return proc.returncode
-        return 0
 
-    os.makedirs(out_dir, exist_ok=True)
-    print(f"[ablation] {len(runs)} runs, {parallel} at a time, output in {out_dir}", flush=True)
-    try:
-        _prepare(args.config, extra, os.path.join(out_dir, "prepare.log"))
-    except RuntimeError as e:
-        print(f"[ablation] error: {e}", flush=True)
-        return 1
+@dataclass
+class Sweep:
+    """The checked sweep: the base config, the variants with their overrides, where and how many at once."""
+
+    base: Any
+    runs: list
+    overrides: dict[str, list[str]]
+    out_dir: str
+    gpus: list[str]
+    parallel: int
+
+
+def check_sweep(args: argparse.Namespace, extra: list[str]) -> Sweep:
+    """Every run's config loads and the GPUs fit, before anything starts (ConfigError otherwise)."""
+    if not os.path.isfile(args.config):
+        raise ConfigError(f"config not found: {args.config}")
+    for item in extra:
+        if item.startswith("-") or "=" not in item:
+            raise ConfigError(f"unexpected argument {item!r} (overrides are key=value)")
+    if args.steps is not None and args.steps < 1:
+        raise ConfigError("--steps must be >= 1")
+    if not os.path.isfile(args.entry):
+        raise ConfigError(f"entry script not found: {args.entry}")
+    base = load_config(["--config", args.config, *extra])
+    runs = variants()
+    if args.only:
+        wanted = args.only.split(",")
+        unknown = sorted(set(wanted) - {v.name for v in runs})
+        if unknown:
+            raise ConfigError(f"--only: unknown variant(s) {', '.join(unknown)} "
+                              f"(known: {', '.join(v.name for v in runs)})")
+        runs = [v for v in runs if v.name in wanted]
+    out_dir = os.path.abspath(args.out or os.path.join("runs", f"ablation-{time.strftime('%Y%m%d-%H%M%S')}"))
+    overrides = {}
+    for v in runs:
+        ov = run_overrides(v, experiment=base.experiment_name, out_dir=out_dir, steps=args.steps, extra=extra)
+        load_config(["--config", args.config, *ov])
+        overrides[v.name] = ov
+    gpus = [g.strip() for g in args.gpus.split(",") if g.strip()]
+    need = devices_per_run(base)
+    if gpus and need == 0:
+        raise ConfigError("--gpus given but the config runs on CPU (allocation.device=cpu)")
+    slots = assign_gpus(runs, gpus, need)
+    parallel = args.parallel or (slots if slots else 1)
+    return Sweep(base, runs, overrides, out_dir, gpus, min(parallel, slots) if slots else parallel)
+
+
+def dry_run(args: argparse.Namespace, sweep: Sweep) -> int:
+    """Each run's launcher plan, from the local launcher's --dry-run."""
+    for v in sweep.runs:
+        print(f"== {v.name}" + (f" (CUDA_VISIBLE_DEVICES={','.join(v.gpus)})" if v.gpus else ""))
+        proc = subprocess.run([sys.executable, "-m", "areal_lite.launcher.local", args.entry, "--config",
+                               args.config, *sweep.overrides[v.name], "--dry-run"],
+                              capture_output=True, text=True,
+                              env={**os.environ, **({"CUDA_VISIBLE_DEVICES": ",".join(v.gpus)} if v.gpus else {})})
+        print(proc.stdout, end="")
+        if proc.returncode != 0:
+            print(proc.stderr, end="", file=sys.stderr)
+            return proc.returncode
+    return 0
+
+
+def run_sweep(args: argparse.Namespace, sweep: Sweep) -> dict[str, dict] | None:
+    """Run the variants, `sweep.parallel` at a time; their exit codes and wall times (None if interrupted)."""
     results: dict[str, dict] = {}
-    pending = list(runs)
+    pending = list(sweep.runs)
     active: dict[str, tuple[subprocess.Popen, float]] = {}
-    t0 = time.monotonic()
     try:
         while pending or active:
-            while pending and len(active) < parallel:
+            while pending and len(active) < sweep.parallel:
                 v = pending.pop(0)
-                log = os.path.join(out_dir, f"{v.name}.log")
-                active[v.name] = (_launch(args.entry, args.config, all_overrides[v.name], v.gpus, log), time.monotonic())
+                log = os.path.join(sweep.out_dir, f"{v.name}.log")
+                active[v.name] = (_launch(args.entry, args.config, sweep.overrides[v.name], v.gpus, log),
+                                  time.monotonic())
                 print(f"[ablation] started {v.name}" + (f" on GPUs {','.join(v.gpus)}" if v.gpus else ""), flush=True)
             time.sleep(1.0)
             for name, (proc, started) in list(active.items()):
@@ -322,24 +334,28 @@ def main(argv: list[str] | None = None) -> int:
         for proc, _ in active.values():
             proc.wait()
         print("[ablation] interrupted", flush=True)
-        return 130
+        return None
+    return results
 
+
+def write_report(args: argparse.Namespace, sweep: Sweep, results: dict[str, dict], command: str,
+                 wall_s: float) -> list[dict]:
+    """ablation.md (the table with how it was run), ablation.json and ablation.png; the rows."""
     rows = []
-    for v in runs:
+    for v in sweep.runs:
         r = results[v.name]
-        r["run_dir"] = os.path.join(out_dir, "runs", f"{base.experiment_name}-ablation", v.name)
+        r["run_dir"] = os.path.join(sweep.out_dir, "runs", f"{sweep.base.experiment_name}-ablation", v.name)
         r["overrides"] = v.overrides
         r["summary"] = summarize(r["run_dir"])
         rows.append(r)
     table = markdown_table(rows)
-    machine = f"{os.cpu_count()} CPU cores" + (f", GPUs {args.gpus}" if gpus else "")
-    command = " ".join(["python -m areal_lite.tools.ablation", *(argv if argv is not None else sys.argv[1:])])
+    machine = f"{os.cpu_count()} CPU cores" + (f", GPUs {args.gpus}" if sweep.gpus else "")
     note = (f"# Ablation: {args.task}, {args.config}\n\n`{command}` on {time.strftime('%Y-%m-%d')}. "
-            f"Same seed ({base.seed}), model and budget ({args.steps or base.total_train_steps} steps) for every "
-            f"run; {machine}; {parallel} run(s) at a time; total {time.monotonic() - t0:.0f}s.\n\n")
-    with open(os.path.join(out_dir, "ablation.md"), "w") as fh:
+            f"Same seed ({sweep.base.seed}), model and budget ({args.steps or sweep.base.total_train_steps} steps) "
+            f"for every run; {machine}; {sweep.parallel} run(s) at a time; total {wall_s:.0f}s.\n\n")
+    with open(os.path.join(sweep.out_dir, "ablation.md"), "w") as fh:
         fh.write(note + table)
-    with open(os.path.join(out_dir, "ablation.json"), "w") as fh:
+    with open(os.path.join(sweep.out_dir, "ablation.json"), "w") as fh:
         json.dump(rows, fh, indent=1)
     done = [(r["name"], r["run_dir"]) for r in rows if r["summary"]]
     if done:
@@ -347,9 +363,35 @@ def main(argv: list[str] | None = None) -> int:
 
         curves = [(n, read_metrics(d)) for n, d in done]
         plot = plot_runs if args.task == "math" else plot_task_runs
-        plot(curves, os.path.join(out_dir, "ablation.png"), title=f"ablation: {os.path.basename(args.config)}")
+        plot(curves, os.path.join(sweep.out_dir, "ablation.png"), title=f"ablation: {os.path.basename(args.config)}")
     print(table, end="")
-    print(f"[ablation] wrote {out_dir}/ablation.md, ablation.json, ablation.png", flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, extra = parse_args(argv)
+    try:
+        sweep = check_sweep(args, extra)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        return dry_run(args, sweep)
+
+    os.makedirs(sweep.out_dir, exist_ok=True)
+    print(f"[ablation] {len(sweep.runs)} runs, {sweep.parallel} at a time, output in {sweep.out_dir}", flush=True)
+    try:
+        _prepare(args.config, extra, os.path.join(sweep.out_dir, "prepare.log"))
+    except RuntimeError as e:
+        print(f"[ablation] error: {e}", flush=True)
+        return 1
+    t0 = time.monotonic()
+    results = run_sweep(args, sweep)
+    if results is None:
+        return 130
+    command = " ".join(["python -m areal_lite.tools.ablation", *(argv if argv is not None else sys.argv[1:])])
+    rows = write_report(args, sweep, results, command, time.monotonic() - t0)
+    print(f"[ablation] wrote {sweep.out_dir}/ablation.md, ablation.json, ablation.png", flush=True)
     return 0 if all(r["returncode"] == 0 for r in rows) else 1
 
 
