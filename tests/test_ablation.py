@@ -72,7 +72,21 @@ def test_dry_run_plans_six_separate_runs(tmp_path):
     assert "CUDA_VISIBLE_DEVICES=8 " in gpu.stdout and "CUDA_VISIBLE_DEVICES=12,13,14,15 " in gpu.stdout
 
 
+def test_any_presets_can_be_compared(tmp_path):
+    vs = variants(["cispo", "gpg"])
+    assert [v.name for v in vs] == ["cispo-all", "cispo-topk50", "gpg-all", "gpg-topk50"]
+    for v in vs:
+        cfg = load_config(["--config", CPU_CFG, *run_overrides(v, experiment="q", out_dir=str(tmp_path), steps=3,
+                                                               extra=[])])
+        want = load_config(["--config", CPU_CFG, f"algo={v.name.split('-')[0]}"]).actor
+        assert cfg.actor.policy_loss == want.policy_loss and cfg.actor.loss_reduction == want.loss_reduction
+        assert cfg.actor.group_filter.top_k_ratio == (0.5 if v.name.endswith("topk50") else 1.0)
+    assert {load_config(["--config", CPU_CFG, "algo=cispo"]).actor.policy_loss,
+            load_config(["--config", CPU_CFG, "algo=gpg"]).actor.policy_loss} == {"cispo", "reinforce"}
+
+
 @pytest.mark.parametrize("args, message", [
+    (["--presets", "cispo,nope"], "algo: no config 'nope' in group 'algo'"),
     (["--only", "ppo"], "--only: unknown variant(s) ppo"),
     (["--gpus", "0,1"], "--gpus given but the config runs on CPU"),
     (["--steps", "0"], "--steps must be >= 1"),

@@ -1,12 +1,13 @@
 """The six-way algorithm comparison in one command.
 
     python -m areal_lite.tools.ablation [--task math|bandit|frozenlake|sokoban] [--config CFG.yaml] [--steps N]
-                                  [--gpus 0,1,...] [--parallel K] [--out DIR] [--only NAME,...] [--dry-run]
-                                  [key=value ...]
+                                  [--presets P,...] [--gpus 0,1,...] [--parallel K] [--out DIR] [--only NAME,...]
+                                  [--dry-run] [key=value ...]
 
 Runs GRPO, Dr.GRPO and Dr.GRPO+ soft reweighting, each without filtering and with top-k group
 filtering (keep the half of each batch's groups with the largest reward std), from the same config,
-seed, model and step budget, through the local launcher. Each run has its own run directory
+seed, model and step budget, through the local launcher; `--presets drgrpo,cispo,gpg` compares any
+presets of the `algo=` group instead (each with and without the filter). Each run has its own run directory
 `DIR/runs/<experiment>-ablation/<variant>/` and the launcher picks free ports for each, so runs may
 overlap. On CPU they run one after another by default (`--parallel 1`); with `--gpus` the listed
 devices are split among concurrent runs (each run sees only its share via CUDA_VISIBLE_DEVICES).
@@ -66,8 +67,12 @@ class Variant:
     gpus: list[str] = field(default_factory=list)
 
 
-def variants() -> list[Variant]:
-    """The six runs: every algorithm with and without top-k group filtering."""
+def variants(presets: list[str] | None = None) -> list[Variant]:
+    """The six runs: every algorithm with and without top-k group filtering. With `presets` (names
+    of the `algo=` group: docs/config.md, "Algorithm presets"), those presets instead of the three
+    algorithms, each with and without the filter."""
+    if presets:
+        return [Variant(f"{p}-{f}", [f"algo={p}", *FILTERS[f]]) for p in presets for f in FILTERS]
     return [Variant(f"{a}-{f}", [*ALGORITHMS[a], *FILTERS[f]]) for a in ALGORITHMS for f in FILTERS]
 
 
@@ -237,6 +242,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--parallel", type=int, default=0,
                         help="runs at once (default: 1 on CPU; on GPU as many as --gpus can hold)")
     parser.add_argument("--out", default="", help="output directory (default: runs/ablation-<time>)")
+    parser.add_argument("--presets", default="", help="comma-separated algo= presets to compare instead of GRPO, "
+                                                      "Dr.GRPO and Dr.GRPO+ soft (e.g. drgrpo,cispo,gpg)")
     parser.add_argument("--only", default="", help="comma-separated variant names to run (default: all six)")
     parser.add_argument("--dry-run", action="store_true", help="print each run's launcher plan; start nothing")
     args, extra = parser.parse_known_args(argv)
@@ -270,7 +277,7 @@ def check_sweep(args: argparse.Namespace, extra: list[str]) -> Sweep:
     if not os.path.isfile(args.entry):
         raise ConfigError(f"entry script not found: {args.entry}")
     base = load_config(["--config", args.config, *extra])
-    runs = variants()
+    runs = variants([p.strip() for p in args.presets.split(",") if p.strip()])
     if args.only:
         wanted = args.only.split(",")
         unknown = sorted(set(wanted) - {v.name for v in runs})
