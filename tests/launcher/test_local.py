@@ -133,3 +133,28 @@ def test_a_stop_signal_stops_every_child(tmp_path, tiny_model_dir, sig):
     assert rc == 128 + sig, launch.output
     assert f"received {signal.Signals(sig).name}: stopping every process" in launch.output
     assert launch.leftovers() == []
+
+
+@pytest.mark.timeout(300)
+def test_a_stop_signal_during_model_preparation_stops_it_within_seconds(tmp_path, tiny_model_dir):
+    """SIGTERM while the launcher builds and SFT-warm-starts the model (minutes of work) stops the
+    preparation's process tree at once; nothing is left running and no model is left half-written."""
+    model = tmp_path / "model"
+    cfg = write_config(tmp_path, model, {"prepare": {
+        "model": "tiny", "tiny": {"hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+                                  "num_key_value_heads": 1, "intermediate_size": 128,
+                                  "max_position_embeddings": 512},
+        "sft": {"enabled": True, "num_examples": 400000, "epochs": 1, "batch_size": 32}}})
+    launch = Launch(LOCAL, cfg)
+    launch.wait_for(lambda: any("areal_lite.tiny.prepare" in " ".join(c) for c in launch.cmdlines.values()),
+                    "the model preparation", timeout=120)
+    time.sleep(2)  # inside the preparation, not at its start
+    t_signal = time.monotonic()
+    launch.proc.send_signal(signal.SIGTERM)
+
+    rc = launch.wait(60)
+    assert rc == 128 + signal.SIGTERM, launch.output
+    assert time.monotonic() - t_signal < 10, launch.output
+    assert "received SIGTERM while preparing the model: stopped" in launch.output
+    assert launch.leftovers() == []
+    assert not (model / "config.json").exists()
