@@ -110,15 +110,18 @@ def reachable_host(host: str, bind: str) -> str:
 
 
 def torchrun_command(python: str, master_addr: str, master_port: int, *, node_rank: int, nnodes: int,
-                     local: bool) -> list[str]:
-    """torchrun up to its per-node options. On this machine, its rendezvous store listens on the master
-    address alone (launcher/torchrun.py; a plain torchrun's store listens on every interface)."""
+                     nproc: int, local: bool) -> list[str]:
+    """torchrun and its rendezvous options, up to the entry script. On this machine, its rendezvous store
+    listens on the master address alone (launcher/torchrun.py; a plain torchrun's store listens on every
+    interface)."""
     if local and nnodes == 1:
         endpoint = f"[{master_addr}]:{master_port}" if ":" in master_addr else f"{master_addr}:{master_port}"
         return [python, "-m", "areal_lite.launcher.torchrun", "--rdzv-backend", "static-bound",
-                "--rdzv-endpoint", endpoint, "--rdzv-conf", f"rank={node_rank}", "--nnodes", "1"]
-    return [python, "-m", "torch.distributed.run", "--nnodes", str(nnodes), "--node-rank", str(node_rank),
-            "--master-addr", master_addr, "--master-port", str(master_port)]
+                "--rdzv-endpoint", endpoint, "--rdzv-conf", f"rank={node_rank}", "--nnodes", "1",
+                "--nproc-per-node", str(nproc), "--max-restarts", "0"]
+    return [python, "-m", "torch.distributed.run", "--nnodes", str(nnodes), "--nproc-per-node", str(nproc),
+            "--node-rank", str(node_rank), "--master-addr", master_addr, "--master-port", str(master_port),
+            "--max-restarts", "0"]
 
 
 def multi_host(cfg: ExperimentConfig) -> bool:
@@ -278,8 +281,7 @@ def trainer_specs(cfg: ExperimentConfig, hosts: list[str], trainer_devices: list
         if cfg.allocation.device == "cuda":
             node_env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, devices))
         cmd = [*torchrun_command(python, head_host, master_port, node_rank=k, nnodes=t.nnodes,
-                                 local=hosts[node] == "localhost"),
-               "--nproc-per-node", str(t.nproc_per_node), "--max-restarts", "0", *program]
+                                 nproc=t.nproc_per_node, local=hosts[node] == "localhost"), *program]
         name = "trainer" if k == 0 else f"trainer-node{k}"
         trainers.append(ProcessSpec(name, "trainer", cmd, node_env, hosts[node], node, devices))
     return trainers

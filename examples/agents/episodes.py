@@ -98,12 +98,11 @@ class EnvTokenGradProbe:
         return out
 
     def train_minibatch(self, batch, my_mbs, loss_fn):
-        off = batch.offsets
+        model_rows = batch.to_rows(batch.loss_mask.astype(bool))  # [B, T]: the model's tokens
 
-        def probed(logp: torch.Tensor, entropy, mb):
-            idx = np.concatenate([np.arange(off[i], off[i + 1]) for i in mb.seq_index])  # logp's tokens, in order
-            model = torch.from_numpy(batch.loss_mask[idx].astype(bool)).to(logp.device)
-            if logp.requires_grad:
+        def probed(logp: torch.Tensor, entropy, mb):  # logp: the micro-batch's [b, T_mb] rows
+            if logp.requires_grad and not mb.dummy:
+                model = model_rows[torch.as_tensor(mb.seq_index), : mb.max_len].to(logp.device)
                 logp.register_hook(lambda g: self._record(g, model))
             return loss_fn(logp, entropy, mb)
 

@@ -20,13 +20,22 @@ from pathlib import Path
 import pytest
 
 from areal_lite.config import ConfigError, load_config
-from areal_lite.envs import make_env, register_env
+from areal_lite.envs import make_env, register_env, registry
 from tests.e2e.conftest import explain, launch, read_jsonl
 
 REPO = Path(__file__).resolve().parents[2]
 AGENTS = REPO / "examples" / "agents"
 ENTRY = AGENTS / "train_env.py"
 ETA = 1
+
+
+@pytest.fixture(autouse=True)
+def restored_registry():
+    """Tests here register guess_number as train_env.py does; later tests see only the built-ins."""
+    saved = dict(registry._registry)
+    yield
+    registry._registry.clear()
+    registry._registry.update(saved)
 
 # FrozenLake, shrunk to seconds per step: 4 seeds x 4 episodes, 3 turns, a 480-episode warm start (60 SFT
 # steps of 8: fewer steps left every reply unparseable, so every group had equal rewards and no gradient).

@@ -40,7 +40,7 @@ def test_groups_with_tokens_newer_than_the_trainer_are_reissued(controller, tmp_
 
     dealer, pusher = run(scenario())
     try:
-        wait_until(lambda: ctl.stats()["rollout/accepted"] == 2)
+        wait_until(lambda: ctl.stats().get("rollout/accepted", 0) == 2)
         with pytest.raises(TimeoutError):  # only one usable group: no batch of two
             ctl.wait_batch(2, timeout=1)
         assert ctl.stats()["rollout/future_weights_requeued"] == 1

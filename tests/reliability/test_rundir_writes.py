@@ -63,7 +63,7 @@ def test_full_run_directory_fails_in_one_line_and_keeps_what_was_written(full_fs
     assert open(rdir.metrics_path).read() == before
     assert not os.path.exists(rdir.metrics_path + ".tmp")
 
-    logger = StatsLogger(SimpleNamespace(wandb=SimpleNamespace(mode="disabled"), console=False),
+    logger = StatsLogger(SimpleNamespace(wandb=SimpleNamespace(mode="disabled"), console=False, tensorboard=False),
                          run_dir=str(full_fs), run_name="t", config_dict=None, rank=0, total_steps=10)
     with pytest.raises(RunDirWriteError) as err:
         logger.commit(3, {"loss": 1.0, "note": "x" * 8192})  # more than the page the file ends in
