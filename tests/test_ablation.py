@@ -57,6 +57,7 @@ def _ablation(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.slow  # six launcher dry runs; tests/e2e/test_agents_ablation.py plans six runs in the default tier
 def test_dry_run_plans_six_separate_runs(tmp_path):
     out = tmp_path / "abl"
     proc = _ablation("--config", CPU_CFG, "--steps", "2", "--out", str(out), "--dry-run")

@@ -27,6 +27,7 @@ def quick_suite(tmp_path_factory):
 
 
 @pytest.mark.timeout(900)
+@pytest.mark.slow  # the quick suite runs the system twice (~90 s)
 def test_async_vs_sync_figures(quick_suite):
     _, report, md = quick_suite
     avs = report["async_vs_sync"]
@@ -50,6 +51,7 @@ def test_async_vs_sync_figures(quick_suite):
 
 
 @pytest.mark.timeout(900)
+@pytest.mark.slow
 def test_breakdown_and_scaling_sections(quick_suite, tmp_path):
     out, report, md = quick_suite
     train = report["breakdown"]["train"]

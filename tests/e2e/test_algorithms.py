@@ -69,8 +69,13 @@ CASES = {
 }
 
 
+# Two cases in the default run (a critic, and log-linear proximal log-probs with a new loss); the other
+# four are the slow tier: `python -m pytest -m slow tests/e2e/test_algorithms.py`.
+DEFAULT_CASES = ("cispo+gae", "sapo+reinforce_pp+loglinear")
+
+
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("name", [n if n in DEFAULT_CASES else pytest.param(n, marks=pytest.mark.slow) for n in CASES])
 def test_option_runs_through_the_launcher_and_acts(tmp_path, small_config, name):
     overrides, acted = CASES[name]
     proc = launch("areal_lite.launcher.local", small_config(), "total_train_steps=2", *CONTRAST, *overrides,

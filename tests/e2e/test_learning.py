@@ -27,6 +27,7 @@ MIN_GAIN = 0.15
 MIN_EVAL_GAIN = 0.3
 
 
+@pytest.mark.slow  # ~400 s: run before a landing with `python -m pytest -m slow tests/e2e/test_learning.py`
 @pytest.mark.timeout(1200)
 def test_shortened_quickstart_reward_rises(tmp_path):
     rdir = tmp_path / "runs" / "quickstart" / "cpu"

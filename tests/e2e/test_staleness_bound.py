@@ -21,7 +21,7 @@ PER_STEP_KEYS = {"staleness/max", "staleness/mean", "rollout/groups_per_s", "rol
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("eta", [0, 1, 4])
+@pytest.mark.parametrize("eta", [0, pytest.param(1, marks=pytest.mark.slow), 4])  # 0 and 4 bracket it
 def test_no_trained_trajectory_is_staler_than_eta(tmp_path, small_config, eta):
     cfg = small_config({
         "allocation": {"rollout": {"num_workers": 2}},
