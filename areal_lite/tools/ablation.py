@@ -200,13 +200,9 @@ def plot_task_runs(runs: list[tuple[str, list[dict]]], out: str, title: str = ""
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    from areal_lite.tools.plot import save_figure
+
+    return save_figure(fig, out, title)
 
 
 def _launch(entry: str, config: str, overrides: list[str], gpus: list[str], log_path: str) -> subprocess.Popen:

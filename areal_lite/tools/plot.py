@@ -186,6 +186,13 @@ def plot_runs(runs: Sequence[tuple[str, Sequence[dict]]], out: str, title: str =
         dx, dy = series(recs, "time/step")
         _plot(ax_d, dx, moving_average(dy, window), axis, color=c, lw=1.5, label=None if single else label)
     label_panels(axes, x=x, single=single)
+    return save_figure(fig, out, title)
+
+
+def save_figure(fig, out: str, title: str = "") -> str:
+    """Title, lay out and write `fig` to `out` (its folder made), then close it; returns `out`."""
+    import matplotlib.pyplot as plt
+
     if title:
         fig.suptitle(title)
     fig.tight_layout()
