@@ -67,6 +67,9 @@ ALGO_PRESETS: dict[str, dict[str, Any]] = {
     "cispo": {**_GRPO, "actor.policy_loss": "cispo", "actor.loss_reduction": "token_mean"},
     # GPG (Chu et al.): plain −A·logp with group-centred advantages rescaled to the groups with contrast.
     "gpg": {**_GRPO, "actor.policy_loss": "reinforce", "actor.adv_estimator": "gpg", "actor.loss_reduction": "token_mean"},
+    # ReMax (Li et al.): REINFORCE's reward-to-go minus the reward of the prompt's greedy answer (one
+    # extra, untrained answer per prompt), no whitening; token mean as verl's ReMax runs.
+    "remax": {**_GRPO, "actor.adv_estimator": "remax", "actor.loss_reduction": "token_mean"},
     # PPO proper: GAE(γ, λ) over a critic trained beside the policy (actor.critic), token mean.
     "ppo": {**_GRPO, "actor.adv_estimator": "gae", "actor.loss_reduction": "token_mean"},
 }

@@ -156,20 +156,18 @@ def _check_rollout(cfg: ExperimentConfig) -> None:
         require(g.n_samples >= 2, "rollout.dynamic_filter", "drop_all_equal drops every group when gconfig.n_samples is 1")
 
 
-# Advantage estimators that need a part areal_lite does not have yet.
-UNAVAILABLE_ESTIMATORS = {
-    "remax": "needs the reward of a greedy baseline rollout per prompt, which the rollout workers do not produce "
-             "and the trainer's batch does not carry yet",
-}
 GROUP_ESTIMATORS = ("passk", "gpg", "reinforce_pp_baseline")  # compare the answers of a group
 
 
 def _check_advantages(cfg: ExperimentConfig) -> None:
     a, n = cfg.actor, cfg.gconfig.n_samples
     est = a.adv_estimator
-    if est in UNAVAILABLE_ESTIMATORS:
-        raise ConfigError(f"actor.adv_estimator: {est} is not yet available: it {UNAVAILABLE_ESTIMATORS[est]}; "
-                          f"use normalize, reinforce_pp, gae, {', '.join(GROUP_ESTIMATORS)}")
+    if est == "remax":
+        from areal_lite.envs.settings import ENV_DATASET
+
+        require(cfg.train_dataset.path != ENV_DATASET and not cfg.env.name, "actor.adv_estimator",
+                "remax needs each prompt's greedy answer, which the single-turn RLVRWorkflow runs and the agent "
+                "tasks' EnvWorkflow does not")
     if est in GROUP_ESTIMATORS:
         require(n >= 2, "gconfig.n_samples", f"actor.adv_estimator={est} compares the answers of a group: needs >= 2")
     norm = a.adv_norm

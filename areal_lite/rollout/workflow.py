@@ -2,7 +2,9 @@
 
 A workflow is any object with `async arun_episode(client, record) -> list[Trajectory] | None`.
 Built in:
-- `RLVRWorkflow`: n samples of one prompt, each scored by a reward function (single turn).
+- `RLVRWorkflow`: n samples of one prompt, each scored by a reward function (single turn); with
+  `greedy_baseline` also one greedy answer, not trained, whose reward every sample carries as
+  `info["baseline_reward"]` (ReMax's baseline, `actor.adv_estimator=remax`).
 Multi-turn episodes against an environment: `areal_lite.rollout.multi_turn.EnvWorkflow`.
 Users write their own in a few lines (see examples/math/gsm8k_drgrpo.py).
 """
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
@@ -98,6 +100,7 @@ class RLVRWorkflow:
         reward_pool: RewardPool,
         reward_failure_policy: str = "zero",
         reward_kwargs_fn: Callable[[dict], dict] = default_reward_kwargs,
+        greedy_baseline: bool = False,
     ):
         if reward_failure_policy not in ("zero", "drop_group"):
             raise ValueError(f"reward_failure_policy {reward_failure_policy!r} is not zero or drop_group")
@@ -109,12 +112,14 @@ class RLVRWorkflow:
         self.reward_pool = reward_pool
         self.reward_failure_policy = reward_failure_policy
         self.reward_kwargs_fn = reward_kwargs_fn
+        self.greedy_baseline = greedy_baseline
 
     async def arun_episode(self, client: InferenceClient, record: dict) -> list[Trajectory] | None:
         prompt_ids = self.prompt_fn(record)
-        gens = await asyncio.gather(
-            *(client.agenerate(prompt_ids, self.sampling) for _ in range(self.n_samples))
-        )
+        requests = [client.agenerate(prompt_ids, self.sampling) for _ in range(self.n_samples)]
+        if self.greedy_baseline:  # temperature 0 is greedy on SGLang and the embedded engine
+            requests.append(client.agenerate(prompt_ids, replace(self.sampling, temperature=0.0)))
+        gens = await asyncio.gather(*requests)
         kwargs = self.reward_kwargs_fn(record)
         t0 = time.monotonic()
         texts = [self.decode_fn(g.output_ids) for g in gens]
@@ -123,9 +128,14 @@ class RLVRWorkflow:
         failures = sum(r is None for r in rewards)
         if failures and self.reward_failure_policy == "drop_group":
             raise RewardFailure(f"{failures} of {len(rewards)} rewards failed", failures=failures)
+        extra = {}
+        if self.greedy_baseline:  # not trained; a failed baseline reward scores 0, as a failed sample does
+            gens, baseline = gens[:-1], rewards.pop()
+            extra = {"baseline_reward": 0.0 if baseline is None else float(baseline),
+                     "baseline_reward_failed": baseline is None}
         return [
             Trajectory.from_generation(
-                prompt_ids, g, 0.0 if r is None else r, reward_failed=r is None, reward_s=round(reward_s, 4)
+                prompt_ids, g, 0.0 if r is None else r, reward_failed=r is None, reward_s=round(reward_s, 4), **extra
             )
             for g, r in zip(gens, rewards)
         ]

@@ -25,6 +25,9 @@ def perf_metrics(engine, buffered, admin, t_start: float, t_data: float) -> dict
     samples = [s for b in buffered for s in b.group.samples]
     out["rollout/gen_latency_s"] = float(np.mean([s.get("latency_s", 0.0) for s in samples]))
     out["rollout/reward_s"] = float(np.mean([s.get("reward_s", 0.0) for s in samples]))
+    firsts = [b.group.samples[0] for b in buffered if b.group.num_samples]
+    if any("baseline_reward_failed" in s for s in firsts):  # ReMax: groups whose greedy answer's reward failed (scored 0)
+        out["reward/baseline_failures"] = float(sum(bool(s.get("baseline_reward_failed")) for s in firsts))
     out["rollout/buffer_wait_s"] = float(np.mean([t_data - b.t_accept for b in buffered]))
     try:
         infos = admin.server_info()

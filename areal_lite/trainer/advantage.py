@@ -46,6 +46,7 @@ class EstimatorInputs:
     kl: torch.Tensor | None = None  # [K, T] float64, per-token KL estimate (kl_in_reward)
     entropy: torch.Tensor | None = None  # [K, T] float64, proximal entropies
     values: torch.Tensor | None = None  # [K, T] float64, critic values
+    baselines: torch.Tensor | None = None  # [K] float64, ReMax's greedy-answer rewards (bias, scaling, clip applied)
 
 
 AdvantageFn = Callable[..., Advantages]
@@ -71,7 +72,8 @@ def build_advantage_fn(actor: Any, *, max_new_tokens: int) -> AdvantageFn:
             return None if x is None else x[kept].double()
 
         x = EstimatorInputs(rewards=shaped[kept], group_ids=group_ids[kept], mask=rows.mask[kept], kl=pick(kl),
-                            entropy=pick(rows.entropy), values=pick(rows.values))
+                            entropy=pick(rows.entropy), values=pick(rows.values),
+                            baselines=pick(_shaped_baselines(actor, batch)))
         adv, returns, estats = estimate(x)
         stats.update(estats)
         if scale != 1.0:
@@ -109,6 +111,20 @@ def _shaped_rewards(actor: Any, batch: SeqBatch, max_new_tokens: int) -> torch.T
     return shaped
 
 
+def _shaped_baselines(actor: Any, batch: SeqBatch) -> torch.Tensor | None:
+    """ReMax's baselines [B] (the greedy answer's reward) under the outcome's bias, scaling and clip;
+    the truncation mask and the overlong penalty are the sampled answer's, so they are not applied."""
+    if actor.adv_estimator != "remax":
+        return None
+    b = batch.baseline_rewards
+    if b is None or np.isnan(b).any():
+        missing = sorted({batch.prompt_ids[i] for i in np.flatnonzero(np.isnan(b))}) if b is not None else ["all"]
+        raise ValueError(f"actor.adv_estimator=remax: no baseline_reward for prompt(s) {missing[:3]}: the workflow "
+                         f"must send its greedy answer's reward (RLVRWorkflow(greedy_baseline=True))")
+    return algo.shape_rewards(torch.from_numpy(b), bias=actor.reward_bias, scaling=actor.reward_scaling,
+                              clip=actor.reward_clip)
+
+
 # ------------------------------------------------------------------------------------ group filters
 
 
@@ -143,7 +159,7 @@ def build_estimator(actor: Any) -> Estimator:
     """The `adv_estimator` of the `actor` section (docs/algorithms.md, "Advantage estimators")."""
     builders = {
         "normalize": _normalize, "reinforce_pp": _reinforce_pp, "reinforce_pp_baseline": _reinforce_pp_baseline,
-        "passk": _passk, "gpg": _gpg, "gae": _gae,
+        "passk": _passk, "gpg": _gpg, "gae": _gae, "remax": _remax,
     }
     if actor.adv_estimator not in builders:
         raise ValueError(f"actor.adv_estimator={actor.adv_estimator} is not available in the trainer")
@@ -213,6 +229,15 @@ def _reinforce_pp_baseline(actor: Any) -> Estimator:
     def estimate(x: EstimatorInputs):
         centred = algo.normalize(x.rewards, x.group_ids, mean_level="group", std_level="none")
         return _whitened_returns(actor, x, centred), None, {}
+
+    return estimate
+
+
+def _remax(actor: Any) -> Estimator:
+    """ReMax: the token rewards' reward-to-go minus the prompt's greedy-answer reward (no whitening)."""
+    def estimate(x: EstimatorInputs):
+        adv = algo.remax_advantages(_token_rewards(actor, x, x.rewards), x.baselines, x.mask)
+        return adv, None, {"reward/baseline_mean": float(x.baselines.mean()) if x.baselines.numel() else 0.0}
 
     return estimate
 

@@ -34,6 +34,8 @@ class SeqBatch:
     group_ids: np.ndarray  # [B] int64 (index of the group within the batch)
     truncated: np.ndarray  # [B] bool (finish_reason == "length")
     prompt_ids: list[str] = field(default_factory=list)  # [B]
+    # [B] float64: each sequence's ReMax baseline (its prompt's greedy reward), NaN where the workflow sent none
+    baseline_rewards: np.ndarray | None = None
 
     @property
     def offsets(self) -> np.ndarray:
@@ -78,12 +80,14 @@ class SeqBatch:
             group_ids=self.group_ids[idx],
             truncated=self.truncated[idx],
             prompt_ids=[self.prompt_ids[i] for i in idx],
+            baseline_rewards=None if self.baseline_rewards is None else self.baseline_rewards[idx],
         )
 
 
 def batch_from_groups(groups: Sequence) -> SeqBatch:
     """Concatenate trajectory groups (transport `TrajectoryGroup`s) into one SeqBatch."""
     ids, mask, blp, ver, seqlens, plens, rewards, gids, trunc, pids = [], [], [], [], [], [], [], [], [], []
+    baselines = []
     for gi, g in enumerate(groups):
         ids.append(g.input_ids.astype(np.int64))
         mask.append(g.loss_mask.astype(bool))
@@ -93,6 +97,7 @@ def batch_from_groups(groups: Sequence) -> SeqBatch:
         for s in g.samples:
             plens.append(int(s["prompt_len"]))
             rewards.append(float(s["reward"]))
+            baselines.append(float(s.get("baseline_reward", np.nan)))
             trunc.append(s.get("finish_reason") == "length")
             gids.append(gi)
             pids.append(g.prompt_id)
@@ -108,6 +113,7 @@ def batch_from_groups(groups: Sequence) -> SeqBatch:
         group_ids=np.asarray(gids, np.int64),
         truncated=np.asarray(trunc, bool),
         prompt_ids=pids,
+        baseline_rewards=np.asarray(baselines, np.float64),
     )
 
 

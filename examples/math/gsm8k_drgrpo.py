@@ -56,8 +56,10 @@ logger = logging.getLogger("gsm8k_drgrpo")
 # --------------------------------------------------------------------------------- the task
 
 
-def build_workflow(cfg: ExperimentConfig, tokenizer, sampling: SamplingParams, n_samples: int, pool: RewardPool):
-    """Single-turn RLVR: n answers per question, each scored 1/0 by exact answer match."""
+def build_workflow(cfg: ExperimentConfig, tokenizer, sampling: SamplingParams, n_samples: int, pool: RewardPool,
+                   greedy_baseline: bool = False):
+    """Single-turn RLVR: n answers per question, each scored 1/0 by exact answer match (and with
+    `greedy_baseline` one greedy answer, ReMax's baseline)."""
     ds = cfg.train_dataset
     return RLVRWorkflow(
         prompt_fn=lambda record: prompt_token_ids(record, tokenizer, template=ds.prompt_template,
@@ -68,13 +70,15 @@ def build_workflow(cfg: ExperimentConfig, tokenizer, sampling: SamplingParams, n
         n_samples=n_samples,
         reward_pool=pool,
         reward_failure_policy=cfg.rollout.reward_failure_policy,
+        greedy_baseline=greedy_baseline,
     )
 
 
 def rollout_main(cfg: ExperimentConfig, env: RunEnv) -> int:
     tokenizer = load_tokenizer(resolved_tokenizer_path(cfg))
     pool = RewardPool(cfg.rollout.reward_workers, cfg.rollout.reward_timeout)
-    workflow = build_workflow(cfg, tokenizer, sampling_from_gconfig(cfg.gconfig), cfg.gconfig.n_samples, pool)
+    workflow = build_workflow(cfg, tokenizer, sampling_from_gconfig(cfg.gconfig), cfg.gconfig.n_samples, pool,
+                              greedy_baseline=cfg.actor.adv_estimator == "remax")
     slots = math.ceil(resolved_max_concurrent_rollouts(cfg) / cfg.allocation.rollout.num_workers)
     settings = WorkerSettings(slots=slots, heartbeat_s=cfg.rollout.heartbeat_s,
                               request_timeout=cfg.rollout.request_timeout, request_retries=cfg.rollout.request_retries)

@@ -5,7 +5,7 @@ A random tiny model never answers right, so every outcome reward is 0. To give t
 to act on, answers stop at any of 31 common byte tokens (their lengths vary) and the DAPO overlong
 penalty with a buffer as long as the budget turns length into reward (−length/16): groups have
 contrast, advantages are non-zero. Each case combines one policy loss with one estimator (and the
-terms beside them) to keep the test at six runs; each checks a statistic that PPO with group
+terms beside them) to keep the test at seven runs; each checks a statistic that PPO with group
 normalisation (the default, run by test_thin_loop.py) cannot produce. That each option changes the
 update on the same batch, against its formula, is pinned by tests/trainer/test_ppo_options.py.
 """
@@ -61,6 +61,12 @@ CASES = {
         lambda m: m["adv/min"] >= 0 and m["filter/kept_groups"] == 2 and m["filter/kept_seqs"] == 4
         and m["ppo/cov_dropped_frac"] > 0 and 0.3 < m["ppo/top_entropy_kept_frac"] < 0.7,
     ),
+    "remax_preset": (
+        ["algo=remax"],
+        # A random model's greedy answer scores 0 too; its shaped rewards are the overlong penalty alone,
+        # which the baseline does not carry, so every advantage is −length/16 ≤ 0, unwhitened.
+        lambda m: m["reward/baseline_mean"] == 0 and m["adv/max"] <= 0 and m["adv/min"] < -0.1,
+    ),
     "kl_cov+kl_loss": (
         ["actor.policy_loss=kl_cov", "actor.kl_cov.ratio=0.1", "actor.kl_ctl=0.1", "actor.kl_estimator=k3",
          "actor.kl_loss_reduction=seq_mean_token_sum"],
@@ -70,7 +76,7 @@ CASES = {
 
 
 # Two cases in the default run (a critic, and log-linear proximal log-probs with a new loss); the other
-# four are the slow tier: `python -m pytest -m slow tests/e2e/test_algorithms.py`.
+# five are the slow tier: `python -m pytest -m slow tests/e2e/test_algorithms.py`.
 DEFAULT_CASES = ("cispo+gae", "sapo+reinforce_pp+loglinear")
 
 

@@ -27,3 +27,8 @@ def by_answer(completion: str, answer: str = "ok"):
     if answer == "exit":
         os._exit(3)  # the worker process dies under the pool
     raise AssertionError(f"unknown behaviour {answer!r}")
+
+
+def by_tokens(completion: str, answer: str = "") -> float:
+    """A reward that tells answers apart: the sum of the completion's token ids (decoded as "id id ...") mod 7."""
+    return float(sum(int(t) for t in completion.split()) % 7)
