@@ -10,7 +10,6 @@ Slow (three launches, about two minutes on 2 cores): `python -m pytest -m slow t
 
 from __future__ import annotations
 
-import os
 import subprocess
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +19,7 @@ import pytest
 
 from tests.e2e.conftest import read_jsonl, write_config
 from tests.reliability.audit import assert_epoch_trained_once, assert_metrics_sound, epoch_config, launched
+from tests.reliability.tmpfs import fill, mounted_tmpfs
 
 LOCAL = "areal_lite.launcher.local"
 ETA = 1
@@ -27,36 +27,8 @@ ETA = 1
 
 @pytest.fixture
 def small_fs(tmp_path):
-    mnt = tmp_path / "fs"
-    mnt.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs for the run directory needs root")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {done.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path, "64m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
-
-
-def fill(fs: Path) -> Path:
-    """Write zeros until the file system is full; returns the filler file."""
-    filler = fs / "filler"
-    chunk = bytes(1 << 20)
-    with open(filler, "wb", buffering=0) as fh:
-        try:
-            while True:
-                fh.write(chunk)
-        except OSError:
-            pass
-    try:  # the last partial page too
-        with open(filler, "ab", buffering=0) as fh:
-            while True:
-                fh.write(b"\0" * 4096)
-    except OSError:
-        pass
-    return filler
 
 
 @contextmanager

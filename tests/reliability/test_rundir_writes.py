@@ -7,39 +7,20 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from types import SimpleNamespace
 
 import pytest
 
 from areal_lite.run.rundir import RunDir, RunDirWriteError
 from areal_lite.run.stats import StatsLogger
+from tests.reliability.tmpfs import fill, mounted_tmpfs
 
 
 @pytest.fixture
 def full_fs(tmp_path):
-    """A 2 MiB tmpfs with a 4-byte metrics file, then filled to the last byte."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mnt = tmp_path / "fs"
-    mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {done.stderr.strip()}")
-    try:
+    """A 2 MiB tmpfs (the test writes its metrics file, then fills it to the last byte)."""
+    with mounted_tmpfs(tmp_path, "2m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
-
-
-def fill(root) -> None:
-    with open(os.path.join(root, "filler"), "wb", buffering=0) as fh:
-        for size in (1 << 16, 1):  # large chunks, then the last bytes
-            try:
-                while True:
-                    fh.write(bytes(size))
-            except OSError:
-                pass
 
 
 def test_full_run_directory_fails_in_one_line_and_keeps_what_was_written(full_fs):
