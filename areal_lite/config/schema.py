@@ -332,9 +332,16 @@ class SFTWarmStartConfig:
     answer_only_fraction: float = setting(
         0.0,
         "Share of warm-start examples whose target is only the final '#### <answer>' line, as in answer-only "
-        "data (drawn with the seed). The model then often answers without working; RL can unlearn that.",
+        "data (drawn with prepare.sft.seed). The model then often answers without working; RL can unlearn that.",
         ge=0,
         le=1,
+    )
+    seed: int = setting(
+        1,
+        "Seed of the warm start (example order, answer-only draw, initial RNG state). Not the run's seed: every "
+        "run of a recipe starts from the same warm model, and `seed` varies the RL run.",
+        ge=0,
+        le=MAX_SEED,
     )
 
 

@@ -35,8 +35,8 @@ def _sft_examples(cfg: ExperimentConfig, tokenizer) -> list[tuple[list[int], lis
         options["num_records"] = sft.num_examples
         ds = dataclasses.replace(ds, synthetic=options)
     records, _ = load_prompt_records(ds, tokenizer)
-    # Answer-only examples: a seeded draw, the same for every run with this config.
-    rng = random.Random(f"sft-answer-only:{cfg.seed}")
+    # Answer-only examples: a seeded draw (the warm start's own seed), the same for every run of this recipe.
+    rng = random.Random(f"sft-answer-only:{sft.seed}")
     examples = []
     for record in records:
         if rng.random() < sft.answer_only_fraction:
@@ -63,7 +63,7 @@ def run_sft_warm_start(cfg: ExperimentConfig, model_dir: str) -> list[float]:
                        ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
         os.environ.setdefault(key, value)
     dist_ctx = init_trainer_dist("cpu")
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(sft.seed)
     tokenizer = load_tokenizer(model_dir)
     examples = _sft_examples(cfg, tokenizer)
     steps = sft.epochs * -(-len(examples) // sft.batch_size)
@@ -82,7 +82,7 @@ def run_sft_warm_start(cfg: ExperimentConfig, model_dir: str) -> list[float]:
             logger.info("sft step %d/%d nll %.4f lr %.2e (%.0fs)", step + 1, steps, m["sft/nll"], m["train/lr"],
                         time.time() - t0)
 
-    losses = run_sft(engine, examples, epochs=sft.epochs, batch_size=sft.batch_size, seed=cfg.seed, log_fn=log)
+    losses = run_sft(engine, examples, epochs=sft.epochs, batch_size=sft.batch_size, seed=sft.seed, log_fn=log)
     out = f"{model_dir}.sft"
     engine.save_hf(out, tokenizer_path=model_dir)
     shutil.rmtree(model_dir)
