@@ -97,6 +97,26 @@ def test_frozenlake_episodes_train_only_model_tokens(tmp_path):
     assert read_jsonl(runs / "again" / "metrics.jsonl")[0]["check/env_token_grad_max"] == 0.0
 
 
+@pytest.mark.slow  # ~2 minutes each on 2 cores: `python -m pytest -m slow tests/e2e/test_agents.py`
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("recipe", ["bandit_cpu.yaml", "sokoban_cpu.yaml"])
+def test_bandit_and_sokoban_episodes_train_only_model_tokens(tmp_path, recipe):
+    """The other two built-in tasks through the launcher, shrunk as above: environment tokens get no
+    gradient, model tokens do, and staleness stays within η."""
+    name = recipe.replace("_cpu.yaml", "-cpu")
+    runs = tmp_path / "runs" / "agents"
+    small = [o for o in SMALL if "max_turns" not in o]  # the bandit's episodes are one turn by its rules
+    proc = launch("areal_lite.launcher.local", AGENTS / recipe, f"cluster.fileroot={tmp_path / 'runs'}",
+                  f"actor.path={tmp_path / 'model'}", *small, entry=ENTRY, timeout=550)
+    assert proc.returncode == 0, explain(proc, runs / name)
+    metrics = read_jsonl(runs / name / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [0, 1, 2]
+    for m in metrics:
+        assert m["check/env_token_grad_max"] == 0.0, m
+        assert m["staleness/max"] <= ETA and m["env/turns"] >= 1
+    assert max(m["check/model_token_grad_nonzero"] for m in metrics) > 0
+
+
 def test_a_model_warm_started_by_another_recipe_is_refused(tmp_path):
     sys.path.insert(0, str(AGENTS))
     try:
