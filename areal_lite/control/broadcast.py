@@ -18,14 +18,6 @@ from areal_lite.transport import Codec, TrajectoryGroup, decode_group, encode_gr
 _CODEC = Codec("trainer-internal")
 
 
-def broadcast_int(x: int, group: dist.ProcessGroup, *, src: int = 0) -> int:
-    """Rank `src`'s `x` on every rank of `group` (collective)."""
-    t = torch.tensor([x], dtype=torch.int64)
-    if dist.get_world_size(group) > 1:
-        dist.broadcast(t, src=src, group=group)
-    return int(t.item())
-
-
 def broadcast_bytes(payload: bytes | None, group: dist.ProcessGroup, *, src: int = 0) -> bytes:
     """`payload` from rank `src` on every rank of `group` (collective; other ranks pass None)."""
     if dist.get_world_size(group) == 1:

@@ -6,7 +6,7 @@ trainer's gloo group. The training loop therefore never asks which rank it is:
 
     source = build_batch_source(cfg, env, dist_ctx)     # rank 0 loads the prompts, binds the sockets
     source.start(version)
-    while (batch := source.next_batch()) is not None:   # collective
+    while (batch := source.next_batch(while_waiting)) is not None:   # collective
         ...train...
         source.set_version(step + 1)
         source.record_trained(step, batch)
@@ -15,15 +15,21 @@ trainer's gloo group. The training loop therefore never asks which rank it is:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch.distributed as dist
 
 from areal_lite.config.schema import ExperimentConfig, resolved_max_concurrent_rollouts
-from areal_lite.control.broadcast import broadcast_groups, broadcast_int
+from areal_lite.control.broadcast import broadcast_groups
 from areal_lite.control.controller import BufferedGroup, RolloutController
 from areal_lite.transport import Codec, TrajectoryGroup
-from areal_lite.utils.distributed import TrainerDist
+from areal_lite.utils.distributed import TrainerDist, broadcast_int
 from areal_lite.utils.runenv import RunEnv
+
+
+# How often a trainer waiting for its batch runs `while_waiting` (a few HTTP calls when it finds nothing).
+WAIT_CHECK_S = 5.0
+_READY, _END, _WAITING = 0, 1, 2
 
 
 @dataclass
@@ -56,9 +62,26 @@ class BatchSource:
             self.controller.set_version(version)
             self.controller.start()
 
-    def next_batch(self) -> StepBatch | None:
-        """The next `batch_size` groups on every rank, or None at the end of the data (collective)."""
-        buffered = self.controller.wait_batch(self.batch_size) if self.controller is not None else None
+    def next_batch(self, while_waiting: Callable[[], None] | None = None) -> StepBatch | None:
+        """The next `batch_size` groups on every rank, or None at the end of the data (collective).
+
+        `while_waiting` (collective too) runs on every rank after each `WAIT_CHECK_S` seconds that
+        the batch is still incomplete: the trainer brings a server that restarted behind it up to
+        date there, since the groups that server makes are too stale to ever complete the batch."""
+        while True:
+            state, buffered = _WAITING, None
+            if self.controller is not None:
+                try:
+                    buffered = self.controller.wait_batch(
+                        self.batch_size, timeout=None if while_waiting is None else WAIT_CHECK_S)
+                    state = _END if buffered is None else _READY
+                except TimeoutError:
+                    pass
+            state = broadcast_int(state, self.group)
+            if state != _WAITING:
+                break
+            assert while_waiting is not None
+            while_waiting()
         groups = broadcast_groups([b.group for b in buffered] if buffered else None, self.group)
         if groups is None:
             return None

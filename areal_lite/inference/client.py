@@ -354,6 +354,12 @@ class ServerAdmin:
             {"model_path": path, "weight_version": str(version), "abort_all_requests": False},
         )
 
+    def weight_versions(self) -> list[int | None]:
+        """The weight version each server serves (SGLang's `/model_info`); None where unreachable
+        (with `skip_unreachable`)."""
+        return [None if info is None else parse_version(info.get("weight_version"))
+                for info in self.call_all("/model_info", method="GET")]
+
     def server_info(self) -> list[dict]:
         return self.call_all("/server_info", method="GET")  # /get_server_info is deprecated in SGLang
 

@@ -13,6 +13,12 @@ moves half the bytes of the fp32 master copy.
 
 Every call has a timeout, and the pause is always lifted (`finally`), so a failed update cannot leave
 the servers paused.
+
+A server that restarts while the trainer pushes (disk mode skips it while it is down; a restarted
+server comes back with the newest weights on disk, or the base model in distributed mode) can serve
+weights older than the trainer's. Its groups are then too stale to train, so a trainer waiting for its
+batch calls `catch_up` (see `BatchSource.next_batch`): every server not at the trainer's version gets
+the trainer's weights again.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from areal_lite.config.placement import server_ranks
 from areal_lite.inference.client import ServerAdmin
 from areal_lite.run.rundir import RunDir, writing
 from areal_lite.utils.distributed import (
+    broadcast_int,
     destroy_custom_process_group,
     init_custom_process_group,
     weight_group_store,
@@ -46,7 +53,22 @@ class WeightSync(Protocol):
 
     def update(self, engine, version: int) -> dict[str, float]: ...
 
+    def catch_up(self, engine, version: int) -> None: ...
+
     def close(self) -> None: ...
+
+
+def servers_behind(admin: ServerAdmin, version: int) -> list[str]:
+    """The servers (reachable now) that serve a weight version other than the trainer's `version`."""
+    probe = ServerAdmin(admin.addrs, api_key=admin.api_key, timeout=30.0, skip_unreachable=True)
+    behind = []
+    for addr, served in zip(admin.addrs, probe.weight_versions()):
+        if served is not None and served != version:
+            how = "older than the trainer's" if served < version else "the trainer does not have"
+            logger.warning("server %s serves weights %s (v%d, not v%d): pushing v%d", addr, how, served, version,
+                           version)
+            behind.append(addr)
+    return behind
 
 
 class DiskWeightSync:
@@ -81,6 +103,22 @@ class DiskWeightSync:
             stats = {"time/weight_write": t1 - t0, "time/weight_pause": t2 - t1}
         dist.barrier(group=engine.dist.cpu_group)
         return stats
+
+    def catch_up(self, engine, version: int) -> None:
+        """Rank 0 re-sends `weights/v{version}` to each server that serves another version."""
+        if engine.rank != 0 or version == 0:  # version 0 is the base model every server starts from
+            return
+        assert self.admin is not None
+        behind = servers_behind(self.admin, version)
+        path = self.run_dir.weights_path(version)
+        if behind and os.path.isdir(path):
+            lagging = ServerAdmin(behind, api_key=self.admin.api_key, timeout=self.admin.timeout,
+                                  skip_unreachable=True)
+            lagging.pause()
+            try:
+                lagging.update_weights_from_disk(path, version)
+            finally:
+                lagging.resume()
 
     def close(self) -> None:
         pass
@@ -234,6 +272,13 @@ class DistributedWeightSync:
             stats = {"time/weight_pause": time.perf_counter() - t0, "weight_sync/bytes": float(sent)}
         dist.barrier(group=engine.dist.cpu_group)
         return stats
+
+    def catch_up(self, engine, version: int) -> None:
+        """Every rank joins a full update when rank 0 finds a server at another version (collective:
+        the all-gathers)."""
+        behind = engine.rank == 0 and bool(servers_behind(self.admin, version))
+        if broadcast_int(int(behind), engine.dist.cpu_group):
+            self.update(engine, version)
 
     def _send_bucket(self, bucket: list[tuple[str, torch.Tensor]], version: int | None) -> None:
         assert self.admin is not None and self.group is not None

@@ -71,6 +71,14 @@ def init_trainer_dist(device_type: str, *, timeout_s: float = 1800.0, default_ba
     return TrainerDist(rank, world, device, cpu_group, mesh)
 
 
+def broadcast_int(x: int, group: dist.ProcessGroup, *, src: int = 0) -> int:
+    """Rank `src`'s `x` on every rank of `group` (collective)."""
+    t = torch.tensor([x], dtype=torch.int64)
+    if dist.get_world_size(group) > 1:
+        dist.broadcast(t, src=src, group=group)
+    return int(t.item())
+
+
 def weight_group_store(*, master_address: str, master_port: int, rank: int, world_size: int,
                        timeout_s: float = 300.0) -> dist.Store:
     """The TCP store of a weight-update group: hosted by rank 0, joined by the others.

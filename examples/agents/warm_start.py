@@ -30,9 +30,9 @@ from areal_lite.envs import make_env
 from areal_lite.envs.demos import play_demo
 from areal_lite.rollout.multi_turn import ChatTurns
 from areal_lite.trainer.batch import SeqBatch, balance_across_ranks
-from areal_lite.control.broadcast import broadcast_int
 from areal_lite.trainer.engine import EngineSpec, FSDPEngine
 from areal_lite.trainer.sft import sft_loss_fn
+from areal_lite.utils.distributed import broadcast_int
 
 logger = logging.getLogger("warm_start")
 MARKER = "areal_lite_env_warm_start.json"

@@ -150,7 +150,7 @@ def train_main(cfg: ExperimentConfig, env: RunEnv) -> int:
         for step in range(start_step, total_steps):
             timer, t_step = Timer(), time.monotonic()
             with timer("wait_data"):
-                batch = source.next_batch()
+                batch = source.next_batch(while_waiting=lambda: weight_sync.catch_up(engine, version=step))
             if batch is None:
                 logger.info("no more prompts: stopping after %d steps", step)
                 break

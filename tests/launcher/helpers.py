@@ -75,7 +75,16 @@ class Launch:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-            raise AssertionError(f"launcher still running after {timeout:.0f}s:\n{self.output}") from None
+            raise AssertionError(f"launcher still running after {timeout:.0f}s:\n{self.output}{self.log_tails()}") from None
+
+    def log_tails(self, lines: int = 25) -> str:
+        """The tail of every process log in the run directory the launcher printed (for a hung run)."""
+        m = re.search(r"run dir\s+(\S+)", self.output)
+        logs = Path(m.group(1)) / "logs" if m else None
+        if logs is None or not logs.is_dir():
+            return ""
+        return "".join(f"\n--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+                       for log in sorted(logs.iterdir()))
 
     def wait_for(self, predicate, what: str, timeout: float = 240) -> None:
         deadline = time.monotonic() + timeout

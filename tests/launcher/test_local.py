@@ -5,8 +5,10 @@ checkpoint is tests/e2e/test_recovery.py.)"""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
+import urllib.request
 
 import pytest
 
@@ -14,6 +16,14 @@ from tests.e2e.conftest import ENTRY, read_jsonl, run_dir, write_config
 from tests.launcher.helpers import Launch
 
 LOCAL = "areal_lite.launcher.local"
+
+
+def healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
 
 
 @pytest.mark.timeout(600)
@@ -158,3 +168,38 @@ def test_a_stop_signal_during_model_preparation_stops_it_within_seconds(tmp_path
     assert "received SIGTERM while preparing the model: stopped" in launch.output
     assert launch.leftovers() == []
     assert not (model / "config.json").exists()
+
+
+
+@pytest.mark.timeout(600)
+def test_a_server_restarted_behind_the_trainer_is_brought_up_to_date(tmp_path, tiny_model_dir):
+    """A server that comes back serving weights older than the trainer's makes only groups too stale to
+    train, while the trainer waits for fresh ones: the trainer must push its weights to it while it
+    waits. Made certain here: with the broadcast weight sync a restarted server starts from the base
+    model (version 0), and the worker is stopped so that the trainer is waiting (η = 0) when it does."""
+    cfg = write_config(tmp_path, tiny_model_dir, {"recover": {"mode": "auto", "retries": 2, "freq_steps": 2}})
+    # Two trainer ranks: the wait, the check and the push are collectives every rank joins.
+    launch = Launch(LOCAL, cfg, "total_train_steps=5", "actor.weight_update_mode=distributed",
+                    "rollout.max_head_offpolicyness=0", "allocation.trainer.nproc_per_node=2")
+    rdir = run_dir(tmp_path)
+    launch.wait_for_step(rdir, 1)
+    os.kill(launch.pids["worker0"], signal.SIGSTOP)
+    try:
+        time.sleep(1.0)  # the trainer finishes what it was doing and waits for its next batch
+        os.kill(launch.pids["server0"], signal.SIGKILL)
+        url = re.search(r"server\(s\) healthy: (\S+)", launch.output).group(1)
+        launch.wait_for(lambda: launch.output.count("started server0") == 2 and healthy(url), "the restarted server")
+    finally:
+        os.kill(launch.pids["worker0"], signal.SIGCONT)
+
+    rc = launch.wait(300)
+    out = launch.output
+    assert rc == 0, out + launch.log_tails()
+    cmd = launch.cmdlines[launch.pids["server0"]]
+    assert cmd[cmd.index("--weight-version") + 1] == "0", cmd  # it came back at the base weights
+    trainer_log = (rdir / "logs" / "trainer.log").read_text()
+    assert "serves weights older than the trainer's (v0, not v" in trainer_log, trainer_log[-3000:]
+    metrics = read_jsonl(rdir / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == list(range(5))
+    assert all(m["staleness/max"] == 0 for m in metrics)  # η = 0: nothing stale was trained
+    assert launch.leftovers() == []
