@@ -263,6 +263,9 @@ class RayConfig:
 class LauncherConfig:
     env: Dict[str, str] = setting(factory=dict, help="Extra environment variables for every process.")
     torch_threads: int = setting(0, "Torch threads per process (0: cores divided among the processes).", ge=0)
+    elastic_threads: bool = setting(
+        True, "CPU, one trainer rank, torch_threads 0: the trainer takes every core of its node while no rollout "
+        "is in flight and its share while one is (decided before each micro-batch).")
     slurm: SlurmConfig = setting(factory=SlurmConfig, help="Slurm launcher.")
     ray: RayConfig = setting(factory=RayConfig, help="Ray launcher.")
 

@@ -96,6 +96,10 @@ class BatchSource:
         if self.controller is not None:
             self.controller.record_trained(step, batch.buffered)
 
+    def rollouts_in_flight(self) -> bool:
+        """Whether any granted prompt is still being generated (rank 0 knows; other ranks say yes)."""
+        return self.controller is None or self.controller.staleness.running > 0
+
     def stats(self) -> dict[str, float]:
         return self.controller.stats() if self.controller is not None else {}
 

@@ -25,7 +25,7 @@ from areal_lite.config.schema import (
 )
 from areal_lite.run.rundir import RunDir
 from areal_lite.utils.net import free_port
-from areal_lite.utils.runenv import ENV_API_KEY, RunEnv, redact_env
+from areal_lite.utils.runenv import ENV_API_KEY, ENV_MAX_THREADS, RunEnv, redact_env
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 # `python -c` body running `sglang.launch_server` with `--api-key $AREAL_LITE_API_KEY` appended.
@@ -136,6 +136,15 @@ def torch_threads(cfg: ExperimentConfig, cores: int) -> int:
     return max(1, cores // max(1, heavy))
 
 
+def elastic_threads_env(cfg: ExperimentConfig, cores: int) -> dict[str, str]:
+    """The trainer's licence to take every core while no rollout is in flight (run/threads.py): one CPU
+    rank sharing the node with the servers, threads not fixed by `launcher.torch_threads`."""
+    if (cfg.allocation.device != "cpu" or not cfg.launcher.elastic_threads or cfg.launcher.torch_threads > 0
+            or resolved_trainer_world_size(cfg) != 1 or cores <= torch_threads(cfg, cores)):
+        return {}
+    return {ENV_MAX_THREADS: str(cores)}
+
+
 def server_command(cfg: ExperimentConfig, *, host: str, port: int, seed: int, weights_dir: str,
                    model_path: str | None = None, weight_version: int = 0) -> list[str]:
     """The command line of one inference server (embedded engine or SGLang).
@@ -218,7 +227,8 @@ def build_plan(
                      controller_host=head_host, trajectory_port=traj_port, control_port=ctrl_port,
                      broadcast_port=pub_port, weight_sync_port=sync_port)
     env = {**base_env, **run_env.to_environ()}
-    trainers = trainer_specs(cfg, hosts, trainer_devices, env, head_host, master_port, python=python,
+    trainer_env = {**env, **elastic_threads_env(cfg, cores)}
+    trainers = trainer_specs(cfg, hosts, trainer_devices, trainer_env, head_host, master_port, python=python,
                              program=[entry, "--config", config_path])
     workers = [
         ProcessSpec(f"worker{i}", "rollout", [python, entry, "--config", config_path],

@@ -118,6 +118,8 @@ class FSDPEngine:
         self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
         self.optimizer_steps = 0
         self.timings = {"fwd_bwd": 0.0, "optimizer": 0.0}  # cumulative seconds on this rank
+        # Called before every micro-batch (run/threads.py sizes the CPU threads there).
+        self.before_microbatch: Callable[[], None] | None = None
 
     # ------------------------------------------------------------------ set-up
 
@@ -193,6 +195,8 @@ class FSDPEngine:
         return flat.new_zeros(len(mb.seq_index) or 1, mb.max_len).index_put((mb.row, mb.col), flat)
 
     def _microbatch(self, batch: SeqBatch, seq_index: Sequence[int]) -> MicroBatch:
+        if self.before_microbatch is not None:
+            self.before_microbatch()
         return build_microbatch(batch, seq_index, packed=self.spec.packing, device=self.device,
                                 row_tokens=self.spec.max_row_tokens)
 

@@ -21,6 +21,7 @@ ENV_CONTROLLER = "AREAL_LITE_CONTROLLER"
 ENV_WORKER_INDEX = "AREAL_LITE_WORKER_INDEX"
 ENV_RESTARTS = "AREAL_LITE_RESTARTS"
 ENV_WEIGHT_SYNC_PORT = "AREAL_LITE_WEIGHT_SYNC_PORT"
+ENV_MAX_THREADS = "AREAL_LITE_MAX_THREADS"  # a CPU trainer may take this many threads while rollouts idle
 # Testing: the trainer's default-group backend ("cuda:gloo" on CPU behaves like NCCL: no CPU tensors).
 ENV_DEFAULT_BACKEND = "AREAL_LITE_DEFAULT_BACKEND"
 

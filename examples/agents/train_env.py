@@ -43,6 +43,7 @@ from areal_lite.run.perf import perf_metrics
 from areal_lite.run.rundir import RunDir
 from areal_lite.run.schedule import Schedule
 from areal_lite.run.stats import StatsLogger, Timer, batch_metrics
+from areal_lite.run.threads import elastic_threads
 from areal_lite.run.weight_sync import build_weight_sync
 from areal_lite.trainer.batch import batch_from_groups
 from areal_lite.trainer.critic import build_critic, with_critic
@@ -125,6 +126,10 @@ def train_main(cfg: ExperimentConfig, run_env: RunEnv) -> int:
         ref = FSDPEngine(spec, d, total_optimizer_steps=1)
         ref.initialize(with_optimizer=False)
     critic = build_critic(cfg.actor, d, total_optimizer_steps=total_steps * cfg.actor.ppo_n_minibatches)  # GAE only
+    threads = elastic_threads(source.rollouts_in_flight)  # CPU: all cores while no rollout runs
+    for e in (engine, ref, critic and critic.engine):
+        if e is not None:
+            e.before_microbatch = threads
     actor = PPOActor.build(cfg.actor, max_new_tokens=cfg.gconfig.max_new_tokens,
                            loss_norm_constant=episode_loss_norm_constant(cfg, env), seed=cfg.seed, critic=critic)
     trained = with_critic(engine, critic)
@@ -185,6 +190,7 @@ def train_main(cfg: ExperimentConfig, run_env: RunEnv) -> int:
                 **batch_metrics(seqs, step, batch.head_versions, step_time),
                 "rollout/paused_fraction": paused_s / max(time.monotonic() - t_start, 1e-9), **source.stats(),
                 **perf_metrics(engine, batch.buffered, admin, t_start, t_step + timer.times["time/wait_data"]),
+                **(threads.stats() if threads else {}),
             })
         if cfg.saver.save_final:
             engine.save_hf(run.checkpoint_path("final"), tokenizer_path=resolved_tokenizer_path(cfg))

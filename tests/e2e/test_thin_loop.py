@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tests.e2e.conftest import explain, launch, read_jsonl, run_dir
@@ -47,6 +49,8 @@ def test_thin_loop_three_steps(tmp_path, small_config, ranks):
     assert len(trained) == 12 and len(set(trained)) == 12
     if ranks == 1:  # weights went to the server through the versioned folder
         assert (rdir / "weights" / "v3").is_dir()
+        if (os.cpu_count() or 1) > 1:  # the one CPU rank took every core while no rollout ran
+            assert all(1 <= m["perf/trainer_threads"] <= os.cpu_count() for m in metrics)
     else:  # ... or over the broadcast group, with a checkpoint, a saved model and an evaluation on the way
         assert not (rdir / "weights" / "v3").exists()
         assert "AREAL_LITE_DEFAULT_BACKEND" in (rdir / "config.yaml").read_text()
