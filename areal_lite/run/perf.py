@@ -22,13 +22,7 @@ def perf_metrics(engine, buffered, admin, t_start: float, t_data: float) -> dict
            **{f"time/{k}_total": v for k, v in engine.timings.items()}}
     if not buffered or admin is None:  # the buffer's records and the servers are rank 0's
         return out
-    samples = [s for b in buffered for s in b.group.samples]
-    out["rollout/gen_latency_s"] = float(np.mean([s.get("latency_s", 0.0) for s in samples]))
-    out["rollout/reward_s"] = float(np.mean([s.get("reward_s", 0.0) for s in samples]))
-    firsts = [b.group.samples[0] for b in buffered if b.group.num_samples]
-    if any("baseline_reward_failed" in s for s in firsts):  # ReMax: groups whose greedy answer's reward failed (scored 0)
-        out["reward/baseline_failures"] = float(sum(bool(s.get("baseline_reward_failed")) for s in firsts))
-    out["rollout/buffer_wait_s"] = float(np.mean([t_data - b.t_accept for b in buffered]))
+    out.update(rollout_metrics(buffered, t_data))
     try:
         infos = admin.server_info()
     except Exception:  # a server restarting: skip this step's server counters
@@ -39,3 +33,22 @@ def perf_metrics(engine, buffered, admin, t_start: float, t_data: float) -> dict
         if infos and all(key in i for i in infos):
             out[f"server/{key}"] = float(sum(float(i[key]) for i in infos))
     return out
+
+
+def rollout_metrics(buffered, t_data: float) -> dict[str, float]:
+    """Latencies of the batch's groups (from the workers' per-sample info) and their wait in the buffer."""
+    groups = [b.group for b in buffered]
+    out = {"rollout/gen_latency_s": float(np.mean(_info_column(groups, "latency_s"))),
+           "rollout/reward_s": float(np.mean(_info_column(groups, "reward_s"))),
+           "rollout/buffer_wait_s": float(np.mean([t_data - b.t_accept for b in buffered]))}
+    # ReMax: groups whose greedy answer's reward failed (scored 0); every sample of a group carries it.
+    firsts = [g.info["baseline_reward_failed"][0] for g in groups if g.info.get("baseline_reward_failed")]
+    if firsts:
+        out["reward/baseline_failures"] = float(sum(bool(v) for v in firsts))
+    return out
+
+
+def _info_column(groups, key: str) -> list[float]:
+    """A per-sample info value over every sample of `groups` (0 where a sample has none)."""
+    return [0.0 if v is None else float(v) for g in groups
+            for v in g.info.get(key) or [None] * g.num_samples]
