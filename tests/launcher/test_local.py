@@ -185,7 +185,7 @@ def test_a_server_restarted_behind_the_trainer_is_brought_up_to_date(tmp_path, t
     launch.wait_for_step(rdir, 1)
     os.kill(launch.pids["worker0"], signal.SIGSTOP)
     try:
-        time.sleep(1.0)  # the trainer finishes what it was doing and waits for its next batch
+        time.sleep(2.0)  # the trainer trains what is buffered (η = 0: one batch at most) and then waits
         os.kill(launch.pids["server0"], signal.SIGKILL)
         url = re.search(r"server\(s\) healthy: (\S+)", launch.output).group(1)
         launch.wait_for(lambda: launch.output.count("started server0") == 2 and healthy(url), "the restarted server")
