@@ -26,7 +26,7 @@ def weights_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(tiny_model_dir, weights_dir, tmp_path_factory):
     weights_dir.mkdir(parents=True, exist_ok=True)
-    args = ["--skip-tokenizer-init", "--context-length", "128", "--weight-version", "0",
+    args = ["--skip-tokenizer-init", "--context-length", "1024", "--weight-version", "0",
             "--allowed-weight-dir", str(weights_dir), "--log-level", "warning"]
     log = tmp_path_factory.mktemp("server_logs") / "weights.log"
     with start_local_server(tiny_model_dir, extra_args=args, log_path=log, startup_timeout=120) as s:
@@ -99,12 +99,16 @@ def test_update_waits_for_running_requests_unless_told_to_abort(server, weights_
         # Without abort_all_requests the update waited: the request finished whole under the old weights.
         done = running.result(30).json()["meta_info"]
         assert done["finish_reason"]["type"] == "length" and done["weight_version"] == old
-        running = pool.submit(post, server, "/generate", long_req)
+        # A request ten times longer, so that it is still decoding when the abort arrives: at 100 tokens a
+        # stall of the shared machine let it finish first about once in 15 runs.
+        endless = {"input_ids": PROMPT, "sampling_params": {"max_new_tokens": 1000, "ignore_eos": True}}
+        running = pool.submit(post, server, "/generate", endless)
         _wait_running(server)
         r = post(server, "/update_weights_from_disk", {"model_path": src, "weight_version": "6", "abort_all_requests": True})
         assert r.json()["success"] is True
         aborted = running.result(30).json()["meta_info"]
     assert aborted["finish_reason"]["type"] == "abort" and aborted["weight_version"] == "5"
+    assert aborted["completion_tokens"] < 1000
 
 
 def _wait_running(server, timeout=30.0):
