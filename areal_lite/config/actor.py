@@ -199,6 +199,12 @@ class ActorConfig:
     prox_logp_method: str = setting(
         "recompute", "Proximal log-probs: a forward pass, or AReaL's log-linear approximation.", PROX_LOGP_METHODS
     )
+    prox_logp_in_update: bool = setting(
+        True, "With one optimizer step per training step (ppo_n_minibatches=1), take the recomputed proximal "
+        "log-probs from the update's own forward (detached) instead of a separate no-grad pass: the same weights, "
+        "so the same values up to float rounding (verl's on-policy shortcut). Ignored where the step needs them "
+        "before the update (kl_in_reward, clip_cov, kl_cov) or runs the pass anyway for entropies."
+    )
     behav_weight_cap: Optional[float] = setting(5.0, "Cap on the behaviour weight π_prox/π_behav; null: none.", gt=0)
     behav_weight_mode: str = setting(
         "mask", "Over the cap: zero the token (mask) or clamp the weight.", BEHAV_WEIGHT_MODES

@@ -11,7 +11,7 @@ losses:
 Every per-token quantity of a step is a `[B, T]` row tensor of the whole batch (`StepRows`): masks,
 behaviour, proximal and reference log-probs, entropies, critic values, advantages. A micro-batch's
 loss reads its rows. Per step: proximal log-probs (one no-grad pass, unless approximated
-log-linearly), reference log-probs (only with a KL term), critic values (only with GAE), shaped
+log-linearly or taken from the update's own forward), reference log-probs (only with a KL term), critic values (only with GAE), shaped
 rewards → group filter → advantage estimator → soft reweighting, then `ppo_n_minibatches`
 optimizer steps. Whatever needs the whole minibatch (the loss denominators, the top-entropy
 quantile, the Clip-Cov / KL-Cov token selection) is computed once per minibatch from the rows every
@@ -70,7 +70,7 @@ class LossInputs:
         if mb.dummy:  # stands for no sequence: nothing of it is trained
             mask = torch.zeros_like(mask)
         behav = pick(rows.behav_logp)
-        old = pick(rows.prox_logp)
+        old = logp.detach() if rows.prox_in_update else pick(rows.prox_logp)
         if old is None and rows.versions is not None:
             old = algo.prox_logp_loglinear(behav, logp, pick(rows.versions), version)
         return cls(logp=logp, entropy=entropy, old_logp=behav if old is None else old, advantages=pick(adv),
@@ -265,11 +265,14 @@ class PPOActor:
         One no-grad pass gives the proximal log-probs (`prox_logp_method=recompute` with
         `recompute_logprob`) and the entropies (entropy shaping, the top-entropy mask); with
         `loglinear` the rows carry the token versions instead and the pass runs only for entropies.
+        Where `prox_logp_in_update` applies, no pass runs: the update's forward gives them.
         """
         c = self.cfg
         rows = StepRows.of(batch)
         recompute = c.recompute_logprob and c.prox_logp_method == "recompute"
         want_ent = c.entropy_shaping.mode != "none" or c.top_entropy_fraction < 1
+        if recompute and not want_ent and prox_logp_in_update(c):
+            recompute, rows.prox_in_update = False, True
         if recompute or want_ent:
             my_mbs, group = self.layout(engine, batch), engine.dist.cpu_group
             if want_ent:
@@ -325,6 +328,19 @@ class PPOActor:
         if self.critic is not None:
             out.update(self.critic.update(batch, rows, adv, minibatches))
         return out
+
+
+def prox_logp_in_update(actor: Any) -> bool:
+    """Whether the update's own forward gives the proximal log-probs (`actor.prox_logp_in_update`).
+
+    With one optimizer step per training step the proximal policy π_prox is the policy whose forward
+    the update runs, so `logp.detach()` is π_prox up to float rounding and the no-grad pass that would
+    compute it again is skipped (verl's on-policy shortcut). Not where something reads them before
+    the update: the KL in the reward and the Clip-Cov / KL-Cov token selections.
+    """
+    a = actor
+    return (a.prox_logp_in_update and a.ppo_n_minibatches == 1 and not (a.kl_ctl > 0 and a.kl_in_reward)
+            and a.policy_loss not in ("clip_cov", "kl_cov"))
 
 
 def rank_microbatches(engine, batch: SeqBatch, seqs: np.ndarray | None = None) -> list[list[int]]:

@@ -24,6 +24,7 @@ class StepRows:
     entropy: torch.Tensor | None = None  # float32: of the proximal policy (entropy shaping, top-entropy mask)
     versions: torch.Tensor | None = None  # int32: weight version of each token (log-linear proximal log-probs)
     values: torch.Tensor | None = None  # float32: the critic's values before the update (GAE)
+    prox_in_update: bool = False  # the proximal log-probs are the update forward's own (one optimizer step)
 
     @classmethod
     def of(cls, batch: SeqBatch) -> "StepRows":
@@ -32,4 +33,7 @@ class StepRows:
     @property
     def old_logp(self) -> torch.Tensor:
         """π_old of the step: the recomputed proximal policy, else the behaviour policy."""
+        if self.prox_in_update:
+            raise ValueError("the proximal log-probs come from the update's own forward (actor.prox_logp_in_update): "
+                             "nothing before the update can read them")
         return self.prox_logp if self.prox_logp is not None else self.behav_logp

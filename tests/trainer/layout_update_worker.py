@@ -1,6 +1,7 @@
 """Run under torchrun by test_layout_update.py: one PPO update per (case, micro-batch budget).
 
-A case is a loss reduction, or `whole_batch`: the statistics that need the whole minibatch (the
+A case is a loss reduction, `separate_pass` (seq_mean_token_mean with the proximal log-probs from a
+pass of their own instead of the update's forward), or `whole_batch`: the statistics that need the whole minibatch (the
 top-entropy quantile, Clip-Cov's random token draw, over two minibatches) with the entropy bonus and
 sequence IS weights on top. Writes, from rank 0, the parameter delta of each update to
 `{out}/{case}-{budget}-w{world}.safetensors`.
@@ -50,6 +51,10 @@ def make_batch(vocab: int, seed: int = 0) -> SeqBatch:
 
 
 def actor_cfg(model: str, case: str) -> ActorConfig:
+    if case == "separate_pass":  # the proximal log-probs from their own no-grad pass, not the update's forward
+        cfg = actor_cfg(model, "seq_mean_token_mean")
+        cfg.prox_logp_in_update = False
+        return cfg
     if case != "whole_batch":
         cfg = ActorConfig(path=model, loss_reduction=case, behav_weight_cap=5.0)
         cfg.adv_norm.mean_level, cfg.adv_norm.std_level = "group", "group"
@@ -84,6 +89,8 @@ def main() -> int:
             actor = PPOActor.build(cfg, max_new_tokens=32, loss_norm_constant=32.0, seed=0)
             batch = make_batch(vocab=200)
             rows = actor.step_rows(engine, batch)
+            assert rows.prox_in_update == (reduction in ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"))
+            assert (rows.prox_logp is None) == rows.prox_in_update
             stats = actor.ppo_update(engine, batch, rows, actor.advantage_fn(batch, rows), step=0)
             after = engine.full_state_dict()
             if rank == 0:

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 WORKER = Path(__file__).with_name("layout_update_worker.py")
 REDUCTIONS = ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"]
-CASES = [*REDUCTIONS, "whole_batch"]
+CASES = [*REDUCTIONS, "separate_pass", "whole_batch"]
 
 
 def _torchrun(nproc: int, model: Path, out: Path, budgets: list[str]) -> None:
@@ -52,6 +52,16 @@ def test_update_is_layout_invariant(tiny_model_dir, tmp_path):
     for layout in ("100000r40-w1", "64-w1", "pad96-w1", "64r40-w2", "pad128-w2"):
         for key in ("ppo/top_entropy_kept_frac", "ppo/cov_dropped_frac", "seq_is/weight_mean", "ppo/entropy"):
             assert stats[f"whole_batch-{layout}"][key] == pytest.approx(wb[key], rel=1e-5), (layout, key)
+    # The proximal log-probs taken from the update's own forward (the default with one minibatch) give the
+    # update of a separate no-grad pass: the same weights, so the same values up to float rounding.
+    for layout in ("100000-w1", "100000r40-w1", "64-w1", "pad96-w1", "64r40-w2", "pad128-w2"):
+        fused = load_file(tmp_path / f"seq_mean_token_mean-{layout}.safetensors")
+        separate = load_file(tmp_path / f"separate_pass-{layout}.safetensors")
+        scale = max(float(t.abs().max()) for t in separate.values())
+        worst = max(float((fused[k] - separate[k]).abs().max()) for k in fused)
+        assert worst <= 1e-5 * scale, f"{layout}: fused vs separate proximal pass differ by {worst:.3e} ({scale:.3e})"
+        assert stats[f"separate_pass-{layout}"]["ppo/behav_capped_frac"] == stats[
+            f"seq_mean_token_mean-{layout}"]["ppo/behav_capped_frac"]
     # Different reductions really are different updates (the test could not pass vacuously).
     a = load_file(tmp_path / "token_mean-100000-w1.safetensors")
     b = load_file(tmp_path / "seq_mean_token_sum_norm-100000-w1.safetensors")

@@ -14,7 +14,8 @@ import torch
 from areal_lite import algo
 from areal_lite.config.schema import ActorConfig
 from areal_lite.trainer.batch import build_microbatch
-from areal_lite.trainer.ppo import LossInputs, build_advantage_fn, build_ppo_loss_fn, build_token_selection
+from areal_lite.trainer.ppo import (LossInputs, PPOActor, build_advantage_fn, build_ppo_loss_fn, build_token_selection,
+                                    prox_logp_in_update)
 from areal_lite.trainer.rows import StepRows
 from tests.trainer.layout_update_worker import make_batch
 
@@ -237,6 +238,26 @@ def test_loglinear_proximal_log_probs_come_from_the_versions(step):
     assert not x.old_logp.requires_grad
     recomputed = LossInputs.for_microbatch(mb, logp, None, rows, rows.mask.float(), {}, totals=(1.0, 1.0), version=3)
     assert torch.equal(recomputed.old_logp, rows.prox_logp[:, : mb.max_len])
+
+
+def test_proximal_log_probs_from_the_updates_forward_only_where_nothing_reads_them_earlier(step):
+    """With one optimizer step the proximal log-probs are the update forward's, detached (no pass);
+    with several minibatches, or where the KL in the reward or a covariance selection reads them
+    before the update, the pass runs."""
+    batch, rows, logp0 = step
+    assert prox_logp_in_update(cfg())
+    for off in (dict(prox_logp_in_update=False), dict(ppo_n_minibatches=2), dict(kl_ctl=0.1, kl_in_reward=True),
+                dict(policy_loss="clip_cov"), dict(policy_loss="kl_cov")):
+        assert not prox_logp_in_update(cfg(**off)), off
+    fused = PPOActor(cfg(), None, None, seed=0).step_rows(None, batch)  # no engine: no pass may run
+    assert fused.prox_in_update and fused.prox_logp is None
+    with pytest.raises(ValueError, match="update's own forward"):
+        fused.old_logp
+    mb = build_microbatch(batch, list(range(12)), packed=True, device=CPU)
+    logp = logp0[:, : mb.max_len].clone().requires_grad_()
+    x = LossInputs.for_microbatch(mb, logp, None, fused, rows.mask.float(), {}, totals=(1.0, 1.0), version=3)
+    assert torch.equal(x.old_logp, logp.detach()) and not x.old_logp.requires_grad
+    assert torch.equal(x.behav_logp, rows.behav_logp[:, : mb.max_len])
 
 
 # ------------------------------------------------------------------------------------------ advantages
