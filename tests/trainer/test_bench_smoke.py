@@ -1,4 +1,4 @@
-"""The packing and weight-sync benchmarks run end to end at a tiny size (the harness, not the figures)."""
+"""The packing, weight-sync and kernels benchmarks run end to end at a tiny size (the harness, not the figures)."""
 
 from __future__ import annotations
 
@@ -47,6 +47,21 @@ def test_weight_sync_benchmark_smoke(tmp_path):
         assert 0 < m["pause_s"] <= m["total_s"] and m["total_s_per_gb"] > 0
         assert 0 < m["server_paused_s"] <= m["pause_s"] + 0.05
     assert r["modes"]["disk"]["write_s"] > 0
+
+
+@pytest.mark.timeout(240)
+def test_kernels_benchmark_smoke(tmp_path):
+    out = tmp_path / "kernels.json"
+    proc = _run(["benchmarks.kernels", "--hidden", "32", "--layers", "1", "--num-seqs", "8", "--repeats", "1",
+                 "--no-compile", "--json", str(out)], 220)
+    assert "speed vs fp32" in proc.stdout
+    r = json.loads(out.read_text())
+    assert {(x["variant"], x["pass"]) for x in r["rows"]} == {(v, p) for v in ("fp32", "bf16") for p in ("no_grad", "train")}
+    fp32 = [x for x in r["rows"] if x["variant"] == "fp32"]
+    assert all(x["max_abs_dlogp"] == 0.0 and x["speed_vs_fp32"] == 1.0 for x in fp32)
+    bf16 = [x for x in r["rows"] if x["variant"] == "bf16"]
+    assert all(0.0 < x["max_abs_dlogp"] < 0.5 and x["s"] > 0 for x in bf16)  # bf16 rounds, but stays close
+    assert r["tokens"] > 0 and set(r["cpu"]) >= {"capability", "avx512_bf16", "amx_bf16"}
 
 
 def test_benchmarks_refuse_bad_arguments():
