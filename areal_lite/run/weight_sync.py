@@ -65,8 +65,7 @@ def servers_behind(admin: ServerAdmin, version: int) -> list[str]:
     for addr, served in zip(admin.addrs, probe.weight_versions()):
         if served is not None and served != version:
             how = "older than the trainer's" if served < version else "the trainer does not have"
-            logger.warning("server %s serves weights %s (v%d, not v%d): pushing v%d", addr, how, served, version,
-                           version)
+            logger.warning("server %s serves weights %s (v%d, not v%d)", addr, how, served, version)
             behind.append(addr)
     return behind
 
@@ -111,7 +110,10 @@ class DiskWeightSync:
         assert self.admin is not None
         behind = servers_behind(self.admin, version)
         path = self.run_dir.weights_path(version)
-        if behind and os.path.isdir(path):
+        if behind and not os.path.isdir(path):
+            logger.warning("%s is missing: the servers behind get v%d with the next update", path, version)
+        elif behind:
+            logger.warning("pushing v%d to %s", version, ", ".join(behind))
             lagging = ServerAdmin(behind, api_key=self.admin.api_key, timeout=self.admin.timeout,
                                   skip_unreachable=True)
             lagging.pause()
@@ -278,6 +280,8 @@ class DistributedWeightSync:
         the all-gathers)."""
         behind = engine.rank == 0 and bool(servers_behind(self.admin, version))
         if broadcast_int(int(behind), engine.dist.cpu_group):
+            if engine.rank == 0:
+                logger.warning("pushing v%d to every server (distributed updates re-form the group)", version)
             self.update(engine, version)
 
     def _send_bucket(self, bucket: list[tuple[str, torch.Tensor]], version: int | None) -> None:

@@ -65,14 +65,18 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def log_tails(rdir: Path, lines: int = 25) -> str:
+    """The last `lines` lines of every process log of the run directory `rdir` ("" when it has none)."""
+    logs = rdir / "logs"
+    if not logs.is_dir():
+        return ""
+    return "".join(f"\n--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+                   for log in sorted(logs.iterdir()))
+
+
 def explain(proc: subprocess.CompletedProcess, rdir: Path) -> str:
     """Launcher output plus the tails of every log, for assertion messages."""
-    parts = [f"exit {proc.returncode}", proc.stdout[-3000:], proc.stderr[-3000:]]
-    logs = rdir / "logs"
-    if logs.is_dir():
-        for log in sorted(logs.iterdir()):
-            parts.append(f"--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-25:]))
-    return "\n".join(parts)
+    return "\n".join([f"exit {proc.returncode}", proc.stdout[-3000:], proc.stderr[-3000:]]) + log_tails(rdir)
 
 
 @pytest.fixture

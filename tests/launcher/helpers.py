@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psutil
 
-from tests.e2e.conftest import ENTRY, read_jsonl
+from tests.e2e.conftest import ENTRY, log_tails, read_jsonl
 
 QUIET_ENV = {"OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0", "WANDB_MODE": "disabled"}
 
@@ -80,11 +80,7 @@ class Launch:
     def log_tails(self, lines: int = 25) -> str:
         """The tail of every process log in the run directory the launcher printed (for a hung run)."""
         m = re.search(r"run dir\s+(\S+)", self.output)
-        logs = Path(m.group(1)) / "logs" if m else None
-        if logs is None or not logs.is_dir():
-            return ""
-        return "".join(f"\n--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
-                       for log in sorted(logs.iterdir()))
+        return log_tails(Path(m.group(1)), lines) if m else ""
 
     def wait_for(self, predicate, what: str, timeout: float = 240) -> None:
         deadline = time.monotonic() + timeout
