@@ -200,7 +200,7 @@ class ActorConfig:
         "recompute", "Proximal log-probs: a forward pass, or AReaL's log-linear approximation.", PROX_LOGP_METHODS
     )
     prox_logp_in_update: bool = setting(
-        False, "With one optimizer step per training step (ppo_n_minibatches=1), take the recomputed proximal "
+        True, "With one optimizer step per training step (ppo_n_minibatches=1), take the recomputed proximal "
         "log-probs from the update's own forward (detached) instead of a separate no-grad pass: the same weights, "
         "so the same values up to float rounding (verl's on-policy shortcut). Ignored where the step needs them "
         "before the update (kl_in_reward, clip_cov, kl_cov) or runs the pass anyway for entropies."

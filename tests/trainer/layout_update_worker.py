@@ -56,11 +56,11 @@ def actor_cfg(model: str, case: str) -> ActorConfig:
         cfg.prox_logp_in_update = False
         return cfg
     if case != "whole_batch":
-        cfg = ActorConfig(path=model, loss_reduction=case, behav_weight_cap=5.0, prox_logp_in_update=True)
+        cfg = ActorConfig(path=model, loss_reduction=case, behav_weight_cap=5.0)
         cfg.adv_norm.mean_level, cfg.adv_norm.std_level = "group", "group"
         return cfg
     cfg = ActorConfig(path=model, loss_reduction="seq_mean_token_mean", policy_loss="clip_cov", ppo_n_minibatches=2,
-                      top_entropy_fraction=0.5, entropy_coef=0.01, prox_logp_in_update=True)
+                      top_entropy_fraction=0.5, entropy_coef=0.01)
     cfg.clip_cov.ratio, cfg.clip_cov.cov_lb, cfg.clip_cov.cov_ub = 0.1, -1e9, 1e9  # every token a candidate
     cfg.seq_is.enabled, cfg.seq_is.cap = True, 1.5
     return cfg

@@ -245,11 +245,11 @@ def test_proximal_log_probs_from_the_updates_forward_only_where_nothing_reads_th
     with several minibatches, or where the KL in the reward or a covariance selection reads them
     before the update, the pass runs."""
     batch, rows, logp0 = step
-    assert not prox_logp_in_update(cfg()) and prox_logp_in_update(cfg(prox_logp_in_update=True))
-    for off in (dict(ppo_n_minibatches=2), dict(kl_ctl=0.1, kl_in_reward=True), dict(policy_loss="clip_cov"),
-                dict(policy_loss="kl_cov")):
-        assert not prox_logp_in_update(cfg(prox_logp_in_update=True, **off)), off
-    fused = PPOActor(cfg(prox_logp_in_update=True), None, None, seed=0).step_rows(None, batch)  # no pass may run
+    assert prox_logp_in_update(cfg())
+    for off in (dict(prox_logp_in_update=False), dict(ppo_n_minibatches=2), dict(kl_ctl=0.1, kl_in_reward=True),
+                dict(policy_loss="clip_cov"), dict(policy_loss="kl_cov")):
+        assert not prox_logp_in_update(cfg(**off)), off
+    fused = PPOActor(cfg(), None, None, seed=0).step_rows(None, batch)  # no engine: no pass may run
     assert fused.prox_in_update and fused.prox_logp is None
     with pytest.raises(ValueError, match="update's own forward"):
         fused.old_logp
