@@ -30,6 +30,8 @@ from areal_lite.trainer.batch import MicroBatch, SeqBatch, build_microbatch, chu
 from areal_lite.utils.distributed import TrainerDist
 from areal_lite.utils.hf import save_hf_dir, torch_dtype
 
+PROBE_TOKENS = 64  # real tokens the finiteness check runs through the updated model
+
 logger = logging.getLogger("areal_lite.trainer.engine")
 
 class TrainingDiverged(RuntimeError):
@@ -252,9 +254,12 @@ class FSDPEngine:
         mb_stats: list[dict] = []
         n = len(my_mbs)
         t0 = time.perf_counter()
+        probe = None  # real tokens for the finiteness check after the step
         for k, seq_index in enumerate(my_mbs):
             self.model.set_requires_gradient_sync(k == n - 1)
             mb = self._microbatch(batch, seq_index) if seq_index else self._dummy()
+            if probe is None and not mb.dummy:
+                probe = mb
             lp, ent = self._forward(mb, with_entropy=True)
             # A dummy's loss trains nothing but has the same statistics keys (zeros) on every rank.
             loss, stats = loss_fn(lp, ent, mb)
@@ -266,7 +271,7 @@ class FSDPEngine:
         grad_norm = self._clip_and_norm()
         if math.isfinite(grad_norm):
             self.optimizer.step()
-            self._check_finite(grad_norm)
+            self._check_finite(grad_norm, probe)
         else:
             logger.warning("non-finite gradient norm %s: optimizer step skipped", grad_norm)
             stats["train/skipped_steps"] = stats.get("train/skipped_steps", 0.0) + 1.0
@@ -280,16 +285,20 @@ class FSDPEngine:
         return stats
 
     @torch.no_grad()
-    def _check_finite(self, grad_norm: float) -> None:
+    def _check_finite(self, grad_norm: float, trained: MicroBatch | None = None) -> None:
         """Collective: raise TrainingDiverged on every rank if the update left a parameter, or the
-        logits of a two-token probe, non-finite. Finite but huge weights (a huge learning rate)
-        overflow only in the forward, which is why the probe runs; both checks cost one sync each."""
+        logits of a probe, non-finite. Finite but huge weights (a huge learning rate) overflow only in
+        the forward, which is why the probe runs: the first `PROBE_TOKENS` tokens of a trained row
+        (real tokens: a two-token probe of one token id missed overflows that real data hit), else a
+        dummy. Both checks cost one sync each."""
         assert self.model is not None
         local = [p.to_local() if hasattr(p, "to_local") else p for p in self.model.parameters()]
         params_ok = torch.stack([torch.isfinite(t).all() for t in local if t.numel()]).all()
-        probe = self._dummy()
-        logits = self.model(input_ids=probe.input_ids, position_ids=probe.position_ids,
-                            attention_mask=probe.attention_mask, use_cache=False).logits
+        probe = self._dummy() if trained is None else trained
+        n = PROBE_TOKENS if trained is not None else probe.input_ids.shape[1]
+        mask = probe.attention_mask[:1, :n] if probe.attention_mask is not None else None
+        logits = self.model(input_ids=probe.input_ids[:1, :n], position_ids=probe.position_ids[:1, :n],
+                            attention_mask=mask, use_cache=False).logits
         flags = torch.stack([~params_ok, ~torch.isfinite(logits).all()]).float().cpu()
         dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=self.dist.cpu_group)
         if flags.any():
