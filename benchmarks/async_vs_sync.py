@@ -43,6 +43,14 @@ from benchmarks.runs import Workload, fmt, launch, machine, md_table, summarize
 DEFAULT = Workload(steps=12, batch_size=4, n_samples=2, stop_tokens=1, max_new_tokens=768)
 QUICK = Workload(steps=3, batch_size=2, n_samples=2, stop_tokens=20, max_new_tokens=32, hidden_size=32,
                  num_layers=1)
+# `--model 25m`: the same workload on a 25M-parameter model (hidden 512, 8 layers, the engine benchmark's
+# "25m" shape), where generation and training are both heavy on a CPU.
+MODELS = {
+    "tiny": {},
+    "25m": {"hidden_size": 512, "num_layers": 8,
+            "extra": {"prepare": {"tiny": {"intermediate_size": 1536, "num_attention_heads": 8,
+                                           "num_key_value_heads": 4}}}},
+}
 
 TARGET_SPEEDUP = 1.8
 TARGET_BOUND_FRACTION = 0.85  # within 15% of the ideal overlap bound
@@ -226,6 +234,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--etas", default="0,1,2,4", help="Comma-separated η values (0 = synchronous).")
     p.add_argument("--repeats", type=int, default=1, help="Runs per η, in alternating order.")
     p.add_argument("--warmup", type=int, default=None, help="Steps excluded from the figures (default 2; quick 1).")
+    p.add_argument("--model", choices=sorted(MODELS), default="tiny",
+                   help="The random model: tiny (hidden 128, 4 layers) or 25m (hidden 512, 8 layers).")
     args = p.parse_args(argv)
     try:
         etas = [int(x) for x in args.etas.split(",") if x.strip()]
@@ -236,6 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: --etas: give η values ≥ 0", file=sys.stderr)
         return 2
     w = QUICK if args.quick else DEFAULT
+    w = Workload(**{**vars(w), **MODELS[args.model]})
     if args.steps:
         w = Workload(**{**vars(w), "steps": args.steps})
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
