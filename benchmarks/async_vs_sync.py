@@ -147,7 +147,8 @@ def run(out: Path, workload: Workload, etas: Sequence[int], repeats: int, warmup
                 raise RuntimeError(f"run {trial} failed (exit {res.returncode}); logs in {res.run_dir}/logs\n{res.log_tail}")
             s = summarize(res.metrics, warmup, res.cpu_window)
             log(f"[async_vs_sync]   {fmt(s['trained_tokens_per_s'], '.0f')} tok/s, {fmt(s['step_s_mean'])} s/step, "
-                f"server busy {fmt(s.get('server_busy_frac'), '.0%')}, trainer {fmt(s['trainer_util'], '.0%')}")
+                f"server busy {fmt(s.get('server_busy_frac'), '.0%')}, trainer {fmt(s['trainer_util'], '.0%')}, "
+                f"trainer threads {fmt(s.get('trainer_threads_mean'))}")
             runs.append({"eta": eta, "repeat": rep, "trial": trial, "run_dir": str(res.run_dir),
                          "launcher_wall_s": res.wall_s, "loadavg": res.loadavg, "summary": s})
     return report_from_runs(runs, workload, etas, repeats, warmup)
@@ -191,13 +192,15 @@ def markdown(report: dict[str, Any]) -> str:
             fmt(s["reward_final"], ".3f"),
             f"{fmt(s['gen_len_mean'], '.0f')} / {fmt(s['gen_len_max'], '.0f')}",
             f"{fmt(s.get('cpu_cores_server'))} / {fmt(s.get('cpu_cores_trainer'))}",
+            fmt(s.get("trainer_threads_mean")),
             fmt(s.get("loadavg"), ".1f"),
         ])
     w = report["workload"]
     k = w["steps"] - report["warmup_steps"]
     text = [md_table(
         ["variant", f"wall s ({k} steps)", "trained tok/s", "vs sync", "server busy", "trainer busy",
-         "server paused", "staleness mean/max", "final reward", "answer len mean/max", "cores used server/trainer", "machine load"], rows)]
+         "server paused", "staleness mean/max", "final reward", "answer len mean/max", "cores used server/trainer", "trainer threads",
+         "machine load"], rows)]
     if cmp:
         o = cmp["overlap"]
         best = cmp.get("best_eta")

@@ -277,6 +277,8 @@ def summarize(metrics: list[dict], warmup: int = 2, cpu_window: dict[str, float]
         for key in ("prefill_time_s", "decode_time_s"):
             d = _delta(metrics, f"server/{key}", warmup)
             out[f"server_{key[:-7]}_s_per_step"] = None if d is None else d / len(win)
+    threads = [m["perf/trainer_threads"] for m in win if "perf/trainer_threads" in m]
+    out["trainer_threads_mean"] = sum(threads) / len(threads) if threads else None
     # CPU cores each role used over the window (a role below 1.0 while busy was starved by others).
     for role, cores in (cpu_window or {}).items():
         out[f"cpu_cores_{role}"] = cores

@@ -136,17 +136,11 @@ def torch_threads(cfg: ExperimentConfig, cores: int) -> int:
     return max(1, cores // max(1, heavy))
 
 
-def elastic_threads_env(cfg: ExperimentConfig, cores: int, role: str = "trainer") -> dict[str, str]:
-    """A CPU process's licence to take every core of its node when it may (threads not fixed by
-    `launcher.torch_threads`). The trainer (one rank) takes them while no rollout is in flight
-    (run/threads.py); the embedded server (one per run) while the other processes leave them idle
-    (inference/embedded/threads.py)."""
+def elastic_threads_env(cfg: ExperimentConfig, cores: int) -> dict[str, str]:
+    """The trainer's licence to take every core while no rollout is in flight (run/threads.py): one CPU
+    rank sharing the node with the servers, threads not fixed by `launcher.torch_threads`."""
     if (cfg.allocation.device != "cpu" or not cfg.launcher.elastic_threads or cfg.launcher.torch_threads > 0
-            or cores <= torch_threads(cfg, cores)):
-        return {}
-    if role == "trainer" and resolved_trainer_world_size(cfg) != 1:
-        return {}
-    if role == "server" and (cfg.allocation.inference.num_servers != 1 or cfg.allocation.inference.backend != "embedded"):
+            or resolved_trainer_world_size(cfg) != 1 or cores <= torch_threads(cfg, cores)):
         return {}
     return {ENV_MAX_THREADS: str(cores)}
 
@@ -222,7 +216,7 @@ def build_plan(
     base_env = process_env(cfg, cores)
     placement = gpu_placement(cfg) if gpu else None
     servers, urls = server_specs(cfg, hosts, ports, placement, base_env, api_key,
-                                 weights_dir=os.path.join(rdir, "weights"), cores=cores)
+                                 weights_dir=os.path.join(rdir, "weights"))
 
     # Trainer: the placement's nodes (GPU), or the first nodes (CPU).
     trainer_devices = placement.trainer if placement else [(n, []) for n in range(cfg.allocation.trainer.nnodes)]
@@ -263,7 +257,7 @@ def process_env(cfg: ExperimentConfig, cores: int) -> dict[str, str]:
 
 
 def server_specs(cfg: ExperimentConfig, hosts: list[str], ports: PortPicker, placement, base_env: dict[str, str],
-                 api_key: str | None, *, weights_dir: str, cores: int) -> tuple[list[ProcessSpec], list[str]]:
+                 api_key: str | None, *, weights_dir: str) -> tuple[list[ProcessSpec], list[str]]:
     """One inference server per `allocation.inference.num_servers`, and the URLs clients reach them at."""
     al, bind = cfg.allocation, cfg.cluster.bind_host
     tp = al.inference.tp_size
@@ -278,7 +272,6 @@ def server_specs(cfg: ExperimentConfig, hosts: list[str], ports: PortPicker, pla
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, devices))
         if api_key:
             env[ENV_API_KEY] = api_key
-        env.update(elastic_threads_env(cfg, cores, role="server"))
         cmd = server_command(cfg, host=bind, port=port, seed=cfg.seed * 1000 + i, weights_dir=weights_dir)
         url = f"http://{reachable_host(host, bind)}:{port}"
         urls.append(url)

@@ -9,8 +9,7 @@ import numpy as np
 
 # rejected_requests: malformed bodies refused (4xx); unauthorized_requests: a missing or wrong API key.
 SERVER_COUNTERS = ("busy_time_s", "paused_time_s", "prefill_time_s", "decode_time_s", "queue_time_s",
-                   "num_admitted", "uptime_s", "generated_tokens", "rejected_requests", "unauthorized_requests",
-                   "thread_busy_time_s")
+                   "num_admitted", "uptime_s", "generated_tokens", "rejected_requests", "unauthorized_requests")
 
 
 def perf_metrics(engine, buffered, admin, t_start: float, t_data: float) -> dict[str, float]:

@@ -6,7 +6,6 @@ import threading
 import time
 
 import pytest
-import torch
 
 from areal_lite.inference.embedded.engine import Engine, EngineConfig, SamplingSpec
 from tests.inference.helpers import generate_greedy, greedy_loop, teacher_forced_logprobs
@@ -149,39 +148,3 @@ def test_weight_change_during_in_place_pause_is_reported_as_spans(engine):
         {"version": "v-next", "start": k, "end": 40},
     ]
     assert 4 <= k < 40 and out.weight_version == "v-next"
-
-
-@pytest.mark.timeout(60)
-def test_engine_steps_take_the_idle_cores_in_its_own_thread(tiny_model_dir, ref_model):
-    """`max_threads` (the launcher's AREAL_LITE_MAX_THREADS): the engine decides its torch threads
-    before each step, in the engine thread. Here the node is made to look idle (no other process
-    busy), so every step runs on 2 threads, and the greedy outputs are those of 1 thread."""
-    from areal_lite.inference.embedded.threads import IdleCoreThreads
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    eng = Engine(EngineConfig(model_path=str(tiny_model_dir), context_length=128, max_running_requests=4,
-                              max_threads=2))
-    try:
-        assert eng._threads is not None and (eng._threads.share, eng._threads.full) == (1, 2)
-        idle = {"t": 0.0}
-
-        def clock():  # every call a new window with no CPU used by anyone else
-            idle["t"] += 1.0
-            return idle["t"]
-
-        eng._threads = IdleCoreThreads(share=1, full=2, busy=eng._threads.own, clock=clock)
-        eng.start()
-        assert eng._submit_op(torch.get_num_threads).result(10) == 1  # the engine thread, before any step
-        got = Collector()
-        for i, p in enumerate(PROMPTS[:3]):
-            eng.submit(f"t{i}", p, SamplingSpec(max_new_tokens=12, temperature=0.0, ignore_eos=True), got)
-        outs = got.wait([f"t{i}" for i in range(3)])
-        assert eng._submit_op(torch.get_num_threads).result(10) == 2
-        c = eng.counters
-        assert c["thread_busy_time_s"] == pytest.approx(2 * c["busy_time_s"])
-        for p, out in zip(PROMPTS[:3], outs):
-            assert out.output_ids == generate_greedy(ref_model, p, 12)
-    finally:
-        eng.shutdown()
-        torch.set_num_threads(before)

@@ -32,7 +32,6 @@ from typing import Any, Callable
 import torch
 
 from areal_lite.inference.embedded.batcher import Batcher, GenerationOutput, SamplingSpec, Request
-from areal_lite.inference.embedded.threads import idle_core_threads
 from areal_lite.inference.embedded.weights import (
     WeightLoadError,
     apply_named_tensors,
@@ -62,7 +61,6 @@ class EngineConfig:
     weight_version: str = "default"
     debug_step_delay_s: float = 0.0  # testing only: sleep after every step (a slow server)
     use_decoder: bool = True  # the engine's own forward for Llama-family models (False: always the model's)
-    max_threads: int = 0  # CPU: take up to this many torch threads while the node's cores idle (threads.py)
 
 
 @dataclass(eq=False)
@@ -144,7 +142,6 @@ class Engine:
             "num_steps": 0,
             "num_weight_updates": 0,
             "max_running_reqs": 0,  # the most requests ever decoded in one step
-            "thread_busy_time_s": 0.0,  # torch threads × seconds of each step: / busy_time_s is the mean
         }
         self.batch = Batcher(
             self.model,
@@ -168,7 +165,6 @@ class Engine:
         self.groups: dict[str, Any] = {}  # weight-update process groups by name
         self.started_at = time.monotonic()
         self._paused_since: float | None = None
-        self._threads = idle_core_threads(config.max_threads) if self.device.type == "cpu" else None
 
     @property
     def weight_version(self) -> str:
@@ -436,12 +432,9 @@ class Engine:
         return True
 
     def _step(self) -> None:
-        threads = self._threads() if self._threads else torch.get_num_threads()
         t0 = time.perf_counter()
         self.batch.step(admit=not self._ops)
-        took = time.perf_counter() - t0
-        self.counters["busy_time_s"] += took
-        self.counters["thread_busy_time_s"] += threads * took
+        self.counters["busy_time_s"] += time.perf_counter() - t0
         self.counters["num_steps"] += 1
         if self.config.debug_step_delay_s > 0:
             time.sleep(self.config.debug_step_delay_s)

@@ -8,9 +8,7 @@
 Flag names are `sglang.launch_server`'s where they overlap. `--allowed-weight-dir` is ours: when set,
 `/update_weights_from_disk` refuses any `model_path` that does not resolve inside it. The API key is
 read from `AREAL_LITE_API_KEY` when `--api-key` is not given: the launchers pass it that way, since a
-command line is visible to every user of the machine (`ps`). `AREAL_LITE_MAX_THREADS` (set by the
-launcher on a CPU node) lets the engine take up to that many torch threads while the node's other
-processes leave cores idle (`inference/embedded/threads.py`). The launchers
+command line is visible to every user of the machine (`ps`). The launchers
 (local, Ray, Slurm) build this command line in `areal_lite.launcher.plan.server_command`.
 SIGTERM or SIGINT stops the server cleanly (exit 0); bad flags exit 2.
 """
@@ -24,7 +22,7 @@ import signal
 import sys
 from typing import Sequence
 
-from areal_lite.utils.runenv import ENV_API_KEY, ENV_MAX_THREADS
+from areal_lite.utils.runenv import ENV_API_KEY
 
 
 class _Parser(argparse.ArgumentParser):
@@ -116,7 +114,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 skip_tokenizer_init=args.skip_tokenizer_init,
                 weight_version=args.weight_version,
                 debug_step_delay_s=args.debug_step_delay,
-                max_threads=int(os.environ.get(ENV_MAX_THREADS, "0") or 0),
             )
         ).start()
         server_args = {k: v for k, v in vars(args).items() if k != "api_key"}
