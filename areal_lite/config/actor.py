@@ -55,8 +55,9 @@ class MicroBatchSpec:
     )
     max_row_tokens: int = setting(
         0,
-        "Packed row length: max(this, the micro-batch's longest sequence); max_tokens_per_mb: one row per "
-        "micro-batch. Attention over a row costs its length squared unless a variable-length kernel is used.",
+        "0: one sequence per row, sequences sorted by length, plain causal attention (no mask). N > 0: rows of "
+        "max(N, the micro-batch's longest sequence) tokens shared by several sequences (block-diagonal mask; "
+        "max_tokens_per_mb: one row per micro-batch). Attention over a row costs its length squared.",
         ge=0,
     )
 

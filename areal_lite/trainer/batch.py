@@ -152,6 +152,15 @@ def pack_microbatches(lengths: Sequence[int], indices: Sequence[int], max_tokens
     return [sorted(b) for b in bins]
 
 
+def sorted_microbatches(lengths: Sequence[int], indices: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """One sequence per row: `indices` longest first, cut into micro-batches of at most `max_tokens`
+    model tokens (rows × the longest row)."""
+    order = sorted(indices, key=lambda i: (-lengths[i], i))
+    if order and lengths[order[0]] > max_tokens:
+        raise ValueError(f"a sequence of {lengths[order[0]]} tokens exceeds max_tokens_per_mb={max_tokens}")
+    return chunk_microbatches(lengths, order, max_tokens)
+
+
 def chunk_microbatches(lengths: Sequence[int], indices: Sequence[int], max_tokens: int) -> list[list[int]]:
     """Padded layout: consecutive sequences while B·max_len stays within `max_tokens` (no sorting)."""
     bins: list[list[int]] = []
@@ -192,12 +201,16 @@ def build_microbatch(
 ) -> MicroBatch:
     """Model inputs for the sequences `seq_index` of `batch`.
 
-    Packed: sequences side by side in rows of max(`row_tokens`, longest sequence) tokens (first fit
-    decreasing), each restarting its position ids, which is how transformers recognises packed
-    sequences and masks attention between them; a row's padding is a sequence of its own, whose
-    outputs are dropped. Attention over a row costs its length squared (on CPU, and on GPU without a
-    variable-length kernel, the block-diagonal mask is dense), so rows as long as the longest
-    sequence cost no more attention than padding, while short sequences share rows.
+    Packed, `row_tokens` > 0: sequences side by side in rows of max(`row_tokens`, longest sequence)
+    tokens (first fit decreasing), each restarting its position ids, which is how transformers
+    recognises packed sequences and masks attention between them; a row's padding is a sequence of
+    its own, whose outputs are dropped. Attention over a row costs its length squared (on CPU, and on
+    GPU without a variable-length kernel, the block-diagonal mask is dense).
+    Packed, `row_tokens` 0: one sequence per row, padded at its end, positions running on through the
+    padding and no attention mask. Causal attention never lets a real token see the padding after
+    it, so the model runs plain causal attention (which skips the masked half; a mask makes every
+    row pay for all of it). `TrainEngine.microbatches` sorts sequences by length for this layout, so
+    the rows of a micro-batch are close in length and the padding small.
     Padded: one `[max_len]` row per sequence with an attention mask.
     """
     off = batch.offsets
@@ -207,7 +220,7 @@ def build_microbatch(
     rows = np.concatenate([np.full(n, r) for r, n in enumerate(lens)]) if lens else np.zeros(0, np.int64)
     cols = np.concatenate([np.arange(n) for n in lens]) if lens else np.zeros(0, np.int64)
     ids = torch.from_numpy(batch.input_ids[token_idx])
-    if packed:
+    if packed and row_tokens > 0:
         packed_rows = pack_microbatches(lens, range(len(lens)), max([row_tokens, *lens])) or [[]]
         loads = [sum(lens[k] for k in row) for row in packed_rows]
         width = max(max(loads), 1)
@@ -227,9 +240,11 @@ def build_microbatch(
         model_tokens = len(packed_rows) * width
     else:
         input_ids = torch.zeros(len(lens), max_len, dtype=torch.long)
-        attention_mask = torch.zeros(len(lens), max_len, dtype=torch.long)
         input_ids[rows, cols] = ids
-        attention_mask[rows, cols] = 1
+        attention_mask = None
+        if not packed:
+            attention_mask = torch.zeros(len(lens), max_len, dtype=torch.long)
+            attention_mask[rows, cols] = 1
         position_ids = torch.arange(max_len).expand(len(lens), -1).contiguous()
         flat = torch.from_numpy(rows * max_len + cols)
         model_tokens = len(lens) * max_len
