@@ -152,16 +152,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             "microbatches": rs[0]["microbatches"],
             "padding_waste": rs[0]["padding_waste"],
             "train_s": statistics.median(r["train_s"] for r in rs),
-            "logp_s": statistics.median(r["logp_s"] for r in rs),
             "trained_tokens_per_s": statistics.median(r["trained_tokens_per_s"] for r in rs),
         }
-        summary[name]["logp_tokens_per_s"] = real_tokens / summary[name]["logp_s"]
     base = summary["padded"]["trained_tokens_per_s"]
     print(f"\n{'layout':<15}{'micro-batches':>15}{'padding waste':>15}{'train s':>10}{'trained tok/s':>15}"
-          f"{'logp tok/s':>12}{'vs padded':>11}")
+          f"{'vs padded':>11}")
     for name, s in summary.items():
         print(f"{name:<15}{s['microbatches']:>15d}{s['padding_waste']:>15.3f}{s['train_s']:>10.2f}"
-              f"{s['trained_tokens_per_s']:>15.0f}{s['logp_tokens_per_s']:>12.0f}{s['trained_tokens_per_s'] / base:>11.2f}")
+              f"{s['trained_tokens_per_s']:>15.0f}{s['trained_tokens_per_s'] / base:>11.2f}")
     report = {
         "workload": {
             "num_seqs": batch.num_seqs, "real_tokens": real_tokens,
