@@ -55,9 +55,10 @@ class MicroBatchSpec:
     )
     max_row_tokens: int = setting(
         0,
-        "0: one sequence per row, sequences sorted by length, plain causal attention (no mask). N > 0: rows of "
-        "max(N, the micro-batch's longest sequence) tokens shared by several sequences (block-diagonal mask; "
-        "max_tokens_per_mb: one row per micro-batch). Attention over a row costs its length squared.",
+        "Packed rows of max(this, the micro-batch's longest sequence) tokens, shared by several sequences "
+        "(block-diagonal mask); max_tokens_per_mb: one row per micro-batch. 0: micro-batches of sequences sorted "
+        "by length, and where no two would share a row, one per row with plain causal attention (no mask). "
+        "Attention over a row costs its length squared.",
         ge=0,
     )
 
