@@ -55,10 +55,8 @@ class MicroBatchSpec:
     )
     max_row_tokens: int = setting(
         0,
-        "Packed rows of max(this, the micro-batch's longest sequence) tokens, shared by several sequences "
-        "(block-diagonal mask); max_tokens_per_mb: one row per micro-batch. 0: micro-batches of sequences sorted "
-        "by length, and where no two would share a row, one per row with plain causal attention (no mask). "
-        "Attention over a row costs its length squared.",
+        "Packed row length: max(this, the micro-batch's longest sequence); max_tokens_per_mb: one row per "
+        "micro-batch. Attention over a row costs its length squared unless a variable-length kernel is used.",
         ge=0,
     )
 

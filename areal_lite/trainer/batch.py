@@ -152,15 +152,6 @@ def pack_microbatches(lengths: Sequence[int], indices: Sequence[int], max_tokens
     return [sorted(b) for b in bins]
 
 
-def sorted_microbatches(lengths: Sequence[int], indices: Sequence[int], max_tokens: int) -> list[list[int]]:
-    """`indices` longest first, cut into micro-batches of at most `max_tokens` model tokens (rows × the
-    longest), so that each micro-batch holds sequences close in length; each in index order."""
-    order = sorted(indices, key=lambda i: (-lengths[i], i))
-    if order and lengths[order[0]] > max_tokens:
-        raise ValueError(f"a sequence of {lengths[order[0]]} tokens exceeds max_tokens_per_mb={max_tokens}")
-    return [sorted(mb) for mb in chunk_microbatches(lengths, order, max_tokens)]
-
-
 def chunk_microbatches(lengths: Sequence[int], indices: Sequence[int], max_tokens: int) -> list[list[int]]:
     """Padded layout: consecutive sequences while B·max_len stays within `max_tokens` (no sorting)."""
     bins: list[list[int]] = []
@@ -196,26 +187,6 @@ class MicroBatch:
     dummy: bool = False  # a placeholder that keeps a rank without work in step with the others (trains nothing)
 
 
-def _shared_rows(ids: torch.Tensor, lens: list[int], cols: np.ndarray, width: int):
-    """Sequences side by side in rows of at most `width` tokens (first fit decreasing), as wide as the
-    fullest row: input ids and position ids `[R, L]`, and each real token's flat position."""
-    packed_rows = pack_microbatches(lens, range(len(lens)), width) or [[]]
-    loads = [sum(lens[k] for k in row) for row in packed_rows]
-    width = max(max(loads), 1)
-    offset = np.zeros(len(lens), np.int64)  # each sequence's first position in the flattened rows
-    for r, row in enumerate(packed_rows):
-        offset[row] = r * width + np.cumsum([0] + [lens[k] for k in row[:-1]])
-    flat = torch.from_numpy(np.concatenate([np.arange(n) + offset[k] for k, n in enumerate(lens)])
-                            if lens else np.zeros(0, np.int64))
-    input_ids = torch.zeros(len(packed_rows) * width, dtype=torch.long)
-    input_ids[flat] = ids
-    # Position ids: each sequence's own 0..n-1; every row's tail (padding) counts from 0 again.
-    position_ids = torch.cat([torch.cat([torch.zeros(load, dtype=torch.long), torch.arange(width - load)])
-                              for load in loads])
-    position_ids[flat] = torch.from_numpy(cols)
-    return input_ids.view(len(packed_rows), width), position_ids.view(len(packed_rows), width), flat
-
-
 def build_microbatch(
     batch: SeqBatch, seq_index: Sequence[int], *, packed: bool, device: torch.device, row_tokens: int = 0
 ) -> MicroBatch:
@@ -225,11 +196,8 @@ def build_microbatch(
     decreasing), each restarting its position ids, which is how transformers recognises packed
     sequences and masks attention between them; a row's padding is a sequence of its own, whose
     outputs are dropped. Attention over a row costs its length squared (on CPU, and on GPU without a
-    variable-length kernel, the block-diagonal mask is dense).
-    Except where no two sequences would share a row (with `row_tokens` 0): then each row is one
-    sequence, padded at its end, with positions running on through the padding and no attention
-    mask. Causal attention never lets a real token see the padding after it, so the model runs plain
-    causal attention, which skips the masked half of every row that a mask makes it compute.
+    variable-length kernel, the block-diagonal mask is dense), so rows as long as the longest
+    sequence cost no more attention than padding, while short sequences share rows.
     Padded: one `[max_len]` row per sequence with an attention mask.
     """
     off = batch.offsets
@@ -239,18 +207,29 @@ def build_microbatch(
     rows = np.concatenate([np.full(n, r) for r, n in enumerate(lens)]) if lens else np.zeros(0, np.int64)
     cols = np.concatenate([np.arange(n) for n in lens]) if lens else np.zeros(0, np.int64)
     ids = torch.from_numpy(batch.input_ids[token_idx])
-    width = max([row_tokens, *lens])
-    if packed and (row_tokens > 0 or not lens or len(pack_microbatches(lens, range(len(lens)), width)) < len(lens)):
-        input_ids, position_ids, flat = _shared_rows(ids, lens, cols, width)
+    if packed:
+        packed_rows = pack_microbatches(lens, range(len(lens)), max([row_tokens, *lens])) or [[]]
+        loads = [sum(lens[k] for k in row) for row in packed_rows]
+        width = max(max(loads), 1)
+        offset = np.zeros(len(lens), np.int64)  # each sequence's first position in the flattened rows
+        for r, row in enumerate(packed_rows):
+            offset[row] = r * width + np.cumsum([0] + [lens[k] for k in row[:-1]])
+        flat = torch.from_numpy(np.concatenate([np.arange(n) + offset[k] for k, n in enumerate(lens)])
+                                if lens else np.zeros(0, np.int64))
+        input_ids = torch.zeros(len(packed_rows) * width, dtype=torch.long)
+        input_ids[flat] = ids
+        # Position ids: each sequence's own 0..n-1; every row's tail (padding) counts from 0 again.
+        position_ids = torch.cat([torch.cat([torch.zeros(load, dtype=torch.long), torch.arange(width - load)])
+                                  for load in loads])
+        position_ids[flat] = torch.from_numpy(cols)
+        input_ids, position_ids = input_ids.view(len(packed_rows), width), position_ids.view(len(packed_rows), width)
         attention_mask = None
-        model_tokens = input_ids.numel()
+        model_tokens = len(packed_rows) * width
     else:
         input_ids = torch.zeros(len(lens), max_len, dtype=torch.long)
+        attention_mask = torch.zeros(len(lens), max_len, dtype=torch.long)
         input_ids[rows, cols] = ids
-        attention_mask = None
-        if not packed:
-            attention_mask = torch.zeros(len(lens), max_len, dtype=torch.long)
-            attention_mask[rows, cols] = 1
+        attention_mask[rows, cols] = 1
         position_ids = torch.arange(max_len).expand(len(lens), -1).contiguous()
         flat = torch.from_numpy(rows * max_len + cols)
         model_tokens = len(lens) * max_len

@@ -26,9 +26,7 @@ import torch.distributed as dist
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from areal_lite.algo import aggregate_stats, logprobs_and_entropy
-from areal_lite.trainer.batch import (
-    MicroBatch, SeqBatch, build_microbatch, chunk_microbatches, pack_microbatches, sorted_microbatches,
-)
+from areal_lite.trainer.batch import MicroBatch, SeqBatch, build_microbatch, chunk_microbatches, pack_microbatches
 from areal_lite.utils.distributed import TrainerDist
 from areal_lite.utils.hf import save_hf_dir, torch_dtype
 
@@ -161,9 +159,7 @@ class FSDPEngine:
         lengths = [int(x) for x in batch.seqlens]
         layout = []
         for shard in shards:
-            if self.spec.packing and self.spec.max_row_tokens == 0:
-                layout.append(sorted_microbatches(lengths, shard, self.spec.max_tokens_per_mb))
-            elif self.spec.packing:
+            if self.spec.packing:
                 layout.append(pack_microbatches(lengths, shard, self.spec.max_tokens_per_mb))
             else:
                 layout.append(chunk_microbatches(lengths, shard, self.spec.max_tokens_per_mb))
