@@ -295,9 +295,9 @@ class FSDPEngine:
         local = [p.to_local() if hasattr(p, "to_local") else p for p in self.model.parameters()]
         params_ok = torch.stack([torch.isfinite(t).all() for t in local if t.numel()]).all()
         probe = self._dummy() if trained is None else trained
-        n = PROBE_TOKENS if trained is not None else probe.input_ids.shape[1]
-        mask = probe.attention_mask[:1, :n] if probe.attention_mask is not None else None
-        logits = self.model(input_ids=probe.input_ids[:1, :n], position_ids=probe.position_ids[:1, :n],
+        head = (slice(0, 1), slice(0, PROBE_TOKENS))  # the first row's first tokens (a dummy has 2)
+        mask = probe.attention_mask[head] if probe.attention_mask is not None else None
+        logits = self.model(input_ids=probe.input_ids[head], position_ids=probe.position_ids[head],
                             attention_mask=mask, use_cache=False).logits
         flags = torch.stack([~params_ok, ~torch.isfinite(logits).all()]).float().cpu()
         dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=self.dist.cpu_group)
