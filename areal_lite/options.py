@@ -1,4 +1,4 @@
-"""Option names of the algorithms, and their parsing: the one home of these names.
+"""Option names of the algorithms (and of the trainer's attention), and their parsing: the one home of these names.
 
 A leaf module (it imports nothing): the algorithm functions (`areal_lite.algo`, torch) validate
 their arguments against these tuples and the config schema (`areal_lite.config`, no torch, so the
@@ -33,6 +33,8 @@ SEQ_IS_AGGS = ("product", "geometric")
 SEQ_IS_MODES = ("truncate", "mask")
 # Proximal log-probs: recomputed by a forward pass, or AReaL's log-linear approximation.
 PROX_LOGP_METHODS = ("recompute", "loglinear")
+# The trainer's attention over packed micro-batches (trainer.attention): auto is varlen on CPU, sdpa on GPU.
+ATTN_IMPLS = ("auto", "sdpa", "varlen")
 # RAGEN rollout filtering (algo.group_filter).
 FILTER_STRATEGIES = ("top_p", "top_k", "top_k_abs", "min_p")
 FILTER_TYPES = ("largest", "smallest")

@@ -11,7 +11,9 @@ built locally), same token budget per micro-batch (`--max-tokens-per-mb`), same 
   `--row-tokens`; first-fit decreasing; only each row's tail is padding), the trainer's default;
 - packed_one_row: the whole micro-batch in one row (no padding; attention over a row costs its
   length squared, since on CPU the block-diagonal mask is dense);
-- padded: `[B, T]` rows padded to the longest sequence of the micro-batch, in batch order.
+- padded: `[B, T]` rows padded to the longest sequence of the micro-batch, in batch order;
+- varlen: `actor.attn_impl: varlen` (the default on CPU): the whole micro-batch in one row, causal
+  attention per sequence (no mask, no padding). The three above run transformers' SDPA (`attn_impl: sdpa`).
 All layouts run on identical copies of the model, interleaved (packed, one row, padded, ...), and the
 table reports the median over `--repeats`. Trained tokens/s counts real (unpadded) sequence tokens
 through forward, backward and the optimizer step; padding waste is 1 - real / model tokens.
@@ -102,16 +104,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     spec = TinyModelSpec(hidden_size=args.hidden_size, num_hidden_layers=args.num_layers, num_attention_heads=4,
                          num_key_value_heads=2, intermediate_size=4 * args.hidden_size,
                          max_position_embeddings=max(512, args.max_len), seed=args.seed)
-    # packed: rows of --row-tokens (the default); packed_one_row: the whole micro-batch in one row.
-    layouts = {"packed": (True, args.row_tokens), "packed_one_row": (True, args.max_tokens_per_mb), "padded": (False, 0)}
+    # packed: rows of --row-tokens; packed_one_row: the whole micro-batch in one row; varlen: one row, attention per sequence.
+    layouts = {"packed": (True, args.row_tokens, "sdpa"), "packed_one_row": (True, args.max_tokens_per_mb, "sdpa"),
+               "padded": (False, 0, "sdpa"), "varlen": (True, 0, "varlen")}
     runs: dict[str, list[dict]] = {name: [] for name in layouts}
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = str(build_tiny_model_dir(f"{tmp}/model", spec))
         engines = {}
         d = init_trainer_dist("cpu")
-        for name, (packed, row_tokens) in layouts.items():
+        for name, (packed, row_tokens, attn) in layouts.items():
             e = FSDPEngine(EngineSpec(path=model_dir, lr=1e-6, max_tokens_per_mb=args.max_tokens_per_mb, packing=packed,
-                                      max_row_tokens=row_tokens),
+                                      max_row_tokens=row_tokens, attn_impl=attn),
                            d, total_optimizer_steps=args.repeats + 1)
             e.initialize()
             engines[name] = e
@@ -127,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"p90 {int(np.percentile(gen, 90))}, max {int(gen.max())}); budget {args.max_tokens_per_mb} tokens/mb; "
               f"{args.threads} torch thread(s)", flush=True)
         adv = actor.advantage_fn(batch, StepRows.of(batch))
-        for rep in range(args.repeats + 1):  # the first round warms up both layouts and is not counted
+        for rep in range(args.repeats + 1):  # the first round warms up every layout and is not counted
             for name, engine in engines.items():
                 rows = actor.step_rows(engine, batch)  # no model pass: the proximal one is fused into the update
                 t1 = time.perf_counter()
@@ -152,10 +155,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "trained_tokens_per_s": statistics.median(r["trained_tokens_per_s"] for r in rs),
         }
     base = summary["padded"]["trained_tokens_per_s"]
-    print(f"\n{'layout':<8}{'micro-batches':>15}{'padding waste':>15}{'train s':>10}{'trained tok/s':>15}"
+    print(f"\n{'layout':<15}{'micro-batches':>15}{'padding waste':>15}{'train s':>10}{'trained tok/s':>15}"
           f"{'vs padded':>11}")
     for name, s in summary.items():
-        print(f"{name:<8}{s['microbatches']:>15d}{s['padding_waste']:>15.3f}{s['train_s']:>10.2f}"
+        print(f"{name:<15}{s['microbatches']:>15d}{s['padding_waste']:>15.3f}{s['train_s']:>10.2f}"
               f"{s['trained_tokens_per_s']:>15.0f}{s['trained_tokens_per_s'] / base:>11.2f}")
     report = {
         "workload": {
@@ -169,6 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "results": summary,
         "runs": runs,
         "speedup_packed_vs_padded": summary["packed"]["trained_tokens_per_s"] / base,
+        "speedup_varlen_vs_packed": summary["varlen"]["trained_tokens_per_s"] / summary["packed"]["trained_tokens_per_s"],
     }
     if args.json:
         with open(args.json, "w") as f:

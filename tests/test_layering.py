@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 # room -> rooms it may import (itself always allowed). A room is a package of areal_lite, the embedded
 # inference server (inference.embedded, a program of its own), or one of the trees beside the package.
 ALLOWED = {
-    "options": set(),  # the algorithms' option names: one home that both algo and config read
+    "options": set(),  # the option names: one home that algo, config and the trainer read
     "algo": {"options"},
     "utils": set(),
     "envs": set(),
@@ -25,7 +25,7 @@ ALLOWED = {
     "inference.embedded": {"utils", "config", "algo", "inference"},
     "rollout": {"utils", "transport", "inference", "reward", "data", "envs", "config"},
     "control": {"utils", "transport", "config"},
-    "trainer": {"utils", "algo", "config", "transport"},
+    "trainer": {"utils", "options", "algo", "config", "transport"},
     "run": {"utils", "config", "inference"},
     "tiny": {"utils", "config", "data", "trainer"},
     "launcher": {"utils", "config", "inference", "run"},

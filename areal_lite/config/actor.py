@@ -13,6 +13,7 @@ from areal_lite.config.fields import setting
 from areal_lite.options import (
     ADV_ESTIMATORS,
     ADV_WEIGHTINGS,
+    ATTN_IMPLS,
     BEHAV_WEIGHT_MODES,
     ENTROPY_SHAPING_MODES,
     FILTER_LOSS_SCALINGS,
@@ -55,8 +56,8 @@ class MicroBatchSpec:
     )
     max_row_tokens: int = setting(
         0,
-        "Packed row length: max(this, the micro-batch's longest sequence); max_tokens_per_mb: one row per "
-        "micro-batch. Attention over a row costs its length squared unless a variable-length kernel is used.",
+        "Packed row length with attn_impl=sdpa: max(this, the micro-batch's longest sequence); max_tokens_per_mb: "
+        "one row per micro-batch. Attention over a row costs its length squared. With varlen a micro-batch is one row.",
         ge=0,
     )
 
@@ -173,6 +174,13 @@ class ActorConfig:
         ("float32", "bfloat16"),
     )
     gradient_checkpointing: bool = setting(False, "Recompute activations in the backward pass.")
+    attn_impl: str = setting(
+        "auto",
+        "Attention of the trainer's forward. varlen: causal attention per packed sequence and one row per "
+        "micro-batch (no padding, no mask); sdpa: transformers' SDPA with a block-diagonal mask over rows as "
+        "long as the longest sequence; auto: varlen on CPU, sdpa on GPU.",
+        ATTN_IMPLS,
+    )
     optimizer: OptimizerConfig = setting(factory=OptimizerConfig, help="AdamW and its schedule.")
     mb_spec: MicroBatchSpec = setting(factory=MicroBatchSpec, help="Micro-batch packing.")
     ppo_n_minibatches: int = setting(1, "Optimizer steps per training step (the batch is split into this many).", ge=1)

@@ -49,7 +49,7 @@ class CriticEngine(FSDPEngine):
         # config does not declare, and its default (0.1) would make every training pass random.
         config.classifier_dropout = 0.0
         model = AutoModelForTokenClassification.from_pretrained(s.path, config=config, dtype=torch_dtype(s.dtype),
-                                                                attn_implementation="sdpa")
+                                                                attn_implementation=self.attn_implementation)
         model.config.use_cache = False
         if s.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

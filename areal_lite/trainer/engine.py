@@ -26,6 +26,7 @@ import torch.distributed as dist
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from areal_lite.algo import aggregate_stats, logprobs_and_entropy
+from areal_lite.trainer.attention import VARLEN, resolve_attn_impl
 from areal_lite.trainer.batch import MicroBatch, SeqBatch, build_microbatch, chunk_microbatches, pack_microbatches
 from areal_lite.utils.distributed import TrainerDist
 from areal_lite.utils.hf import save_hf_dir, torch_dtype
@@ -64,6 +65,7 @@ class EngineSpec:
     max_tokens_per_mb: int = 4096
     packing: bool = True
     max_row_tokens: int = 0
+    attn_impl: str = "auto"
     temperature: float = 1.0
     logp_chunk_size: int = 1024
 
@@ -87,6 +89,7 @@ class EngineSpec:
             max_tokens_per_mb=actor.mb_spec.max_tokens_per_mb,
             packing=actor.mb_spec.packing,
             max_row_tokens=actor.mb_spec.max_row_tokens,
+            attn_impl=actor.attn_impl,
             temperature=temperature,
         )
 
@@ -129,7 +132,7 @@ class FSDPEngine:
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(self.spec.path, dtype=torch_dtype(self.spec.dtype),
-                                                     attn_implementation="sdpa")
+                                                     attn_implementation=self.attn_implementation)
         model.config.use_cache = False
         if self.spec.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -153,6 +156,18 @@ class FSDPEngine:
             )
 
     # ------------------------------------------------------------------ layout
+
+    @property
+    def attn_implementation(self) -> str:
+        """The transformers attention implementation the model is loaded with (`actor.attn_impl`)."""
+        return resolve_attn_impl(self.spec.attn_impl, self.device)
+
+    @property
+    def row_tokens(self) -> int:
+        """Packed row length: with varlen attention a row costs no more than its sequences, so a
+        micro-batch is one row (no padding); with sdpa, `max_row_tokens`."""
+        varlen = self.attn_implementation == VARLEN
+        return self.spec.max_tokens_per_mb if varlen else self.spec.max_row_tokens
 
     def microbatches(self, batch: SeqBatch, shards: Sequence[Sequence[int]]) -> list[list[list[int]]]:
         """Micro-batch index lists for every rank (identical on all ranks), padded to equal counts."""
@@ -200,7 +215,7 @@ class FSDPEngine:
         if self.before_microbatch is not None:
             self.before_microbatch()
         return build_microbatch(batch, seq_index, packed=self.spec.packing, device=self.device,
-                                row_tokens=self.spec.max_row_tokens)
+                                row_tokens=self.row_tokens)
 
     def _dummy(self) -> MicroBatch:
         """A one-token micro-batch that keeps this rank in step with ranks that have more work."""

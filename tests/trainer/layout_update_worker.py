@@ -77,11 +77,14 @@ def main() -> int:
             # Adam with eps = 1 and tiny gradients moves each parameter by ≈ lr·g: the delta is
             # proportional to the gradient, so a wrong loss scale cannot hide behind Adam's normalisation.
             # "<tokens>": packed, one row per micro-batch; "<tokens>r<row>": packed rows of max(<row>, longest)
-            # tokens; "pad<tokens>": one padded row per sequence.
-            padded = budget.startswith("pad")
-            tokens, _, row = budget.removeprefix("pad").partition("r")
+            # tokens; "pad<tokens>": one padded row per sequence (all three with sdpa's block-diagonal mask);
+            # "v<tokens>": varlen attention, one row per micro-batch.
+            varlen = budget.startswith("v")
+            padded = budget.removeprefix("v").startswith("pad")
+            tokens, _, row = budget.removeprefix("v").removeprefix("pad").partition("r")
             spec = EngineSpec(path=model, lr=1e-2, eps=1.0, weight_decay=0.0, gradient_clipping=0.0,
-                              max_tokens_per_mb=int(tokens), packing=not padded, max_row_tokens=int(row or tokens))
+                              max_tokens_per_mb=int(tokens), packing=not padded, max_row_tokens=int(row or tokens),
+                              attn_impl="varlen" if varlen else "sdpa")
             engine = FSDPEngine(spec, d, total_optimizer_steps=1)
             engine.initialize()
             before = {k: v.clone() for k, v in engine.full_state_dict().items()}  # may alias the live params
