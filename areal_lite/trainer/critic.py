@@ -122,8 +122,8 @@ class Critic:
 
 
 def build_critic(actor: Any, dist_ctx, *, total_optimizer_steps: int) -> Critic | None:
-    """The critic of the `actor` section (`actor.critic`, sharing `mb_spec`, `dtype` and gradient
-    checkpointing with the policy), initialised; None unless `adv_estimator=gae`."""
+    """The critic of the `actor` section (`actor.critic`, sharing `mb_spec`, `dtype`, `attn_impl` and
+    gradient checkpointing with the policy), initialised; None unless `adv_estimator=gae`."""
     if actor.adv_estimator != "gae":
         return None
     c, o = actor.critic, actor.critic.optimizer
