@@ -12,8 +12,10 @@ built locally), same token budget per micro-batch (`--max-tokens-per-mb`), same 
 - packed_one_row: the whole micro-batch in one row (no padding; attention over a row costs its
   length squared, since on CPU the block-diagonal mask is dense);
 - padded: `[B, T]` rows padded to the longest sequence of the micro-batch, in batch order;
-- varlen: `actor.attn_impl: varlen` (the default on CPU): the whole micro-batch in one row, causal
-  attention per sequence (no mask, no padding). The three above run transformers' SDPA (`attn_impl: sdpa`).
+- varlen: `actor.attn_impl: varlen`: the whole micro-batch in one row, causal attention per sequence
+  (no mask, no padding), with `actor.mb_spec.share_prompts: false`;
+- shared: varlen with shared prompts (the CPU default): a group's samples in one micro-batch carry their
+  prompt once. The first three run transformers' SDPA (`attn_impl: sdpa`).
 All layouts run on identical copies of the model, interleaved (packed, one row, padded, ...), and the
 table reports the median over `--repeats`. Trained tokens/s counts real (unpadded) sequence tokens
 through forward, backward and the optimizer step; padding waste is 1 - real / model tokens.
@@ -104,17 +106,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     spec = TinyModelSpec(hidden_size=args.hidden_size, num_hidden_layers=args.num_layers, num_attention_heads=4,
                          num_key_value_heads=2, intermediate_size=4 * args.hidden_size,
                          max_position_embeddings=max(512, args.max_len), seed=args.seed)
-    # packed: rows of --row-tokens; packed_one_row: the whole micro-batch in one row; varlen: one row, attention per sequence.
-    layouts = {"packed": (True, args.row_tokens, "sdpa"), "packed_one_row": (True, args.max_tokens_per_mb, "sdpa"),
-               "padded": (False, 0, "sdpa"), "varlen": (True, 0, "varlen")}
+    # packed: rows of --row-tokens; packed_one_row: the whole micro-batch in one row; varlen: one row, attention
+    # per sequence; shared: varlen with each group's prompt carried once. (packing, row tokens, attention, share)
+    layouts = {"packed": (True, args.row_tokens, "sdpa", False),
+               "packed_one_row": (True, args.max_tokens_per_mb, "sdpa", False), "padded": (False, 0, "sdpa", False),
+               "varlen": (True, 0, "varlen", False), "shared": (True, 0, "varlen", True)}
     runs: dict[str, list[dict]] = {name: [] for name in layouts}
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = str(build_tiny_model_dir(f"{tmp}/model", spec))
         engines = {}
         d = init_trainer_dist("cpu")
-        for name, (packed, row_tokens, attn) in layouts.items():
+        for name, (packed, row_tokens, attn, share) in layouts.items():
             e = FSDPEngine(EngineSpec(path=model_dir, lr=1e-6, max_tokens_per_mb=args.max_tokens_per_mb, packing=packed,
-                                      max_row_tokens=row_tokens, attn_impl=attn),
+                                      max_row_tokens=row_tokens, attn_impl=attn, share_prompts=share),
                            d, total_optimizer_steps=args.repeats + 1)
             e.initialize()
             engines[name] = e
@@ -140,7 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if rep > 0:
                     runs[name].append({"train_s": t2 - t1, "microbatches": n_mb,
                                        "trained_tokens_per_s": stats["perf/trained_tokens_per_s"],
-                                       "padding_waste": stats["perf/padding_waste"]})
+                                       "padding_waste": stats["perf/padding_waste"],
+                                       "model_tokens_per_seq_token": stats["perf/model_tokens_per_seq_token"]})
                 print(f"  round {rep}{' (warm-up)' if rep == 0 else ''} {name}: train {t2 - t1:.2f} s, "
                       f"{stats['perf/trained_tokens_per_s']:.0f} tok/s, waste {stats['perf/padding_waste']:.3f}",
                       flush=True)
@@ -151,14 +156,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary[name] = {
             "microbatches": rs[0]["microbatches"],
             "padding_waste": rs[0]["padding_waste"],
+            "model_tokens_per_seq_token": rs[0]["model_tokens_per_seq_token"],
             "train_s": statistics.median(r["train_s"] for r in rs),
             "trained_tokens_per_s": statistics.median(r["trained_tokens_per_s"] for r in rs),
         }
     base = summary["padded"]["trained_tokens_per_s"]
-    print(f"\n{'layout':<15}{'micro-batches':>15}{'padding waste':>15}{'train s':>10}{'trained tok/s':>15}"
-          f"{'vs padded':>11}")
+    print(f"\n{'layout':<15}{'micro-batches':>15}{'padding waste':>15}{'model tok/seq tok':>19}{'train s':>10}"
+          f"{'trained tok/s':>15}{'vs padded':>11}")
     for name, s in summary.items():
-        print(f"{name:<15}{s['microbatches']:>15d}{s['padding_waste']:>15.3f}{s['train_s']:>10.2f}"
+        print(f"{name:<15}{s['microbatches']:>15d}{s['padding_waste']:>15.3f}{s['model_tokens_per_seq_token']:>19.3f}"
+              f"{s['train_s']:>10.2f}"
               f"{s['trained_tokens_per_s']:>15.0f}{s['trained_tokens_per_s'] / base:>11.2f}")
     report = {
         "workload": {
@@ -173,6 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "runs": runs,
         "speedup_packed_vs_padded": summary["packed"]["trained_tokens_per_s"] / base,
         "speedup_varlen_vs_packed": summary["varlen"]["trained_tokens_per_s"] / summary["packed"]["trained_tokens_per_s"],
+        "speedup_shared_vs_packed": summary["shared"]["trained_tokens_per_s"] / summary["packed"]["trained_tokens_per_s"],
     }
     if args.json:
         with open(args.json, "w") as f:

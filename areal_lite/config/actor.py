@@ -54,6 +54,10 @@ class MicroBatchSpec:
     packing: bool = setting(
         True, "Pack sequences side by side in rows (almost no padding); off: one padded row per sequence."
     )
+    share_prompts: bool = setting(
+        True, "With attn_impl varlen: a group's samples carry their shared prompt once per micro-batch (the prompt "
+        "runs through the model once; every sample's log-probs are what it would get alone)."
+    )
     max_row_tokens: int = setting(
         0,
         "Packed row length with attn_impl=sdpa: max(this, the micro-batch's longest sequence); max_tokens_per_mb: "

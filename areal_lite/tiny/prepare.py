@@ -70,7 +70,7 @@ def run_sft_warm_start(cfg: ExperimentConfig, model_dir: str) -> list[float]:
     longest = max(len(p) + len(a) for p, a in examples)
     spec = EngineSpec(path=model_dir, lr=sft.lr, weight_decay=0.0, lr_scheduler_type="cosine",
                       warmup_steps_proportion=0.05, min_lr_ratio=0.1, gradient_clipping=1.0,
-                      max_tokens_per_mb=max(4096, longest), temperature=1.0)
+                      max_tokens_per_mb=max(4096, longest), temperature=1.0, attn_impl=cfg.actor.attn_impl)
     engine = FSDPEngine(spec, dist_ctx, total_optimizer_steps=steps)
     engine.initialize()
     # The launcher's console reads these lines (areal_lite/launcher/common.py run_prepare): keep their form.

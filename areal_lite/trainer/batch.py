@@ -182,9 +182,94 @@ class MicroBatch:
     col: torch.Tensor  # [n] column in the [B, T] layout of each real token
     flat: torch.Tensor  # [n] position of each real token in the flattened model input
     max_len: int
-    num_real_tokens: int
-    num_model_tokens: int  # including padding
+    num_real_tokens: int  # sequence tokens (a shared prompt counts once per sequence)
+    num_model_tokens: int  # tokens the model runs, padding included
+    num_padding_tokens: int = 0
+    # [L] of one row with shared prompts: the model position whose logits predict each position's token
+    # (the token before it, or the prompt's last token for an answer's first); None: the row's previous token.
+    pred: torch.Tensor | None = None
     dummy: bool = False  # a placeholder that keeps a rank without work in step with the others (trains nothing)
+
+
+def shared_prompt_units(batch: SeqBatch, indices: Sequence[int]) -> list[list[int]]:
+    """`indices` in clusters whose sequences share their prompt (one group, the same prompt tokens),
+    in order of first appearance; a sequence that shares with none is a cluster of its own."""
+    off = batch.offsets
+    units: dict[tuple, list[int]] = {}
+    for i in indices:
+        p = int(batch.prompt_lens[i])
+        key = (int(batch.group_ids[i]), p, batch.input_ids[off[i]: off[i] + p].tobytes()) if p > 0 else ("", i)
+        units.setdefault(key, []).append(i)
+    return list(units.values())
+
+
+def shared_length(batch: SeqBatch, unit: Sequence[int]) -> int:
+    """Model tokens of a cluster with its prompt carried once."""
+    return int(batch.seqlens[unit[0]]) + sum(int(batch.seqlens[i] - batch.prompt_lens[i]) for i in unit[1:])
+
+
+def pack_shared_microbatches(batch: SeqBatch, indices: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """First-fit-decreasing packing of prompt-sharing clusters into micro-batches of at most
+    `max_tokens` model tokens, each cluster's prompt counted once; a cluster longer than that is cut
+    into pieces that fit (each carries the prompt again)."""
+    pieces: list[list[int]] = []
+    for unit in shared_prompt_units(batch, indices):
+        cur: list[int] = []
+        for i in unit:
+            if cur and shared_length(batch, cur + [i]) > max_tokens:
+                pieces.append(cur)
+                cur = []
+            cur.append(i)
+        pieces.append(cur)
+    lengths = [shared_length(batch, piece) for piece in pieces]
+    bins = pack_microbatches(lengths, range(len(pieces)), max_tokens)
+    return [sorted(i for k in b for i in pieces[k]) for b in bins]
+
+
+def build_shared_row(batch: SeqBatch, seq_index: Sequence[int], *, device: torch.device) -> MicroBatch:
+    """One row without padding in which the sequences of a group that share a prompt carry it once.
+
+    A cluster's first sequence is laid out whole (positions from 0); each other sequence follows with
+    only its answer, at positions continuing from its prompt's length, which is how the varlen
+    attention knows to let it see the prompt (`trainer.attention.segments`). The prompt tokens of
+    every sequence in the cluster map to the first one's (`flat`), and `pred` names the model
+    position whose logits predict each token: an answer's first token is predicted at its prompt's
+    last token. Every sequence's log-probs are therefore what it would get alone.
+    """
+    off = batch.offsets
+    row_of = {i: r for r, i in enumerate(seq_index)}
+    ids, pos, pred, flat = [], [], [], [None] * len(seq_index)
+    cursor = 0
+    for unit in shared_prompt_units(batch, seq_index):
+        first, root = unit[0], cursor
+        n = int(batch.seqlens[first])
+        ids.append(batch.input_ids[off[first]: off[first + 1]])
+        pos.append(np.arange(n))
+        pred.append(np.maximum(cursor + np.arange(n) - 1, cursor))  # a sequence's first token: no prediction
+        flat[row_of[first]] = cursor + np.arange(n)
+        cursor += n
+        for i in unit[1:]:
+            p, n = int(batch.prompt_lens[i]), int(batch.seqlens[i])
+            ids.append(batch.input_ids[off[i] + p: off[i + 1]])
+            pos.append(np.arange(p, n))
+            pred.append(np.concatenate([[root + p - 1], cursor + np.arange(n - p - 1)]) if n > p else np.zeros(0, int))
+            flat[row_of[i]] = np.concatenate([root + np.arange(p), cursor + np.arange(n - p)])
+            cursor += n - p
+    lens = [int(batch.seqlens[i]) for i in seq_index]
+    t = lambda parts: torch.from_numpy(np.concatenate(parts).astype(np.int64)).to(device)  # noqa: E731
+    return MicroBatch(
+        input_ids=t(ids).view(1, cursor),
+        position_ids=t(pos).view(1, cursor),
+        attention_mask=None,
+        seq_index=list(seq_index),
+        row=t([np.full(n, r) for r, n in enumerate(lens)]),
+        col=t([np.arange(n) for n in lens]),
+        flat=t(flat),
+        max_len=max(lens),
+        num_real_tokens=sum(lens),
+        num_model_tokens=cursor,
+        pred=t(pred),
+    )
 
 
 def build_microbatch(
@@ -225,6 +310,7 @@ def build_microbatch(
         input_ids, position_ids = input_ids.view(len(packed_rows), width), position_ids.view(len(packed_rows), width)
         attention_mask = None
         model_tokens = len(packed_rows) * width
+        padding = model_tokens - sum(loads)
     else:
         input_ids = torch.zeros(len(lens), max_len, dtype=torch.long)
         attention_mask = torch.zeros(len(lens), max_len, dtype=torch.long)
@@ -233,6 +319,7 @@ def build_microbatch(
         position_ids = torch.arange(max_len).expand(len(lens), -1).contiguous()
         flat = torch.from_numpy(rows * max_len + cols)
         model_tokens = len(lens) * max_len
+        padding = model_tokens - len(token_idx)
     return MicroBatch(
         input_ids=input_ids.to(device),
         position_ids=position_ids.to(device),
@@ -244,4 +331,5 @@ def build_microbatch(
         max_len=max_len,
         num_real_tokens=len(token_idx),
         num_model_tokens=model_tokens,
+        num_padding_tokens=padding,
     )

@@ -72,8 +72,10 @@ class CriticEngine(FSDPEngine):
         assert self.model is not None
         out = self.model(input_ids=mb.input_ids, position_ids=mb.position_ids, attention_mask=mb.attention_mask,
                          use_cache=False)
-        values = out.logits[..., 0]  # [R, L]
-        return self._rows(mb, values[:, :-1].float()), None
+        values = out.logits[..., 0].float()  # [R, L]
+        if mb.pred is not None:  # a row with shared prompts: each token's value is the head's output at its predictor
+            return self._rows(mb, values.reshape(-1)[mb.pred].view(1, -1)), None
+        return self._rows(mb, values[:, :-1]), None
 
 
 class Critic:

@@ -27,7 +27,15 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from areal_lite.algo import aggregate_stats, logprobs_and_entropy
 from areal_lite.trainer.attention import VARLEN, resolve_attn_impl
-from areal_lite.trainer.batch import MicroBatch, SeqBatch, build_microbatch, chunk_microbatches, pack_microbatches
+from areal_lite.trainer.batch import (
+    MicroBatch,
+    SeqBatch,
+    build_microbatch,
+    build_shared_row,
+    chunk_microbatches,
+    pack_microbatches,
+    pack_shared_microbatches,
+)
 from areal_lite.utils.distributed import TrainerDist
 from areal_lite.utils.hf import save_hf_dir, torch_dtype
 
@@ -65,6 +73,7 @@ class EngineSpec:
     max_tokens_per_mb: int = 4096
     packing: bool = True
     max_row_tokens: int = 0
+    share_prompts: bool = True
     attn_impl: str = "auto"
     temperature: float = 1.0
     logp_chunk_size: int = 1024
@@ -89,6 +98,7 @@ class EngineSpec:
             max_tokens_per_mb=actor.mb_spec.max_tokens_per_mb,
             packing=actor.mb_spec.packing,
             max_row_tokens=actor.mb_spec.max_row_tokens,
+            share_prompts=actor.mb_spec.share_prompts,
             attn_impl=actor.attn_impl,
             temperature=temperature,
         )
@@ -163,18 +173,28 @@ class FSDPEngine:
         return resolve_attn_impl(self.spec.attn_impl, self.device)
 
     @property
+    def varlen(self) -> bool:
+        return self.attn_implementation == VARLEN
+
+    @property
+    def shares_prompts(self) -> bool:
+        """Micro-batches are single rows in which a group's sequences carry their prompt once (varlen only)."""
+        return self.varlen and self.spec.packing and self.spec.share_prompts
+
+    @property
     def row_tokens(self) -> int:
         """Packed row length: with varlen attention a row costs no more than its sequences, so a
         micro-batch is one row (no padding); with sdpa, `max_row_tokens`."""
-        varlen = self.attn_implementation == VARLEN
-        return self.spec.max_tokens_per_mb if varlen else self.spec.max_row_tokens
+        return self.spec.max_tokens_per_mb if self.varlen else self.spec.max_row_tokens
 
     def microbatches(self, batch: SeqBatch, shards: Sequence[Sequence[int]]) -> list[list[list[int]]]:
         """Micro-batch index lists for every rank (identical on all ranks), padded to equal counts."""
         lengths = [int(x) for x in batch.seqlens]
         layout = []
         for shard in shards:
-            if self.spec.packing:
+            if self.shares_prompts:
+                layout.append(pack_shared_microbatches(batch, shard, self.spec.max_tokens_per_mb))
+            elif self.spec.packing:
                 layout.append(pack_microbatches(lengths, shard, self.spec.max_tokens_per_mb))
             else:
                 layout.append(chunk_microbatches(lengths, shard, self.spec.max_tokens_per_mb))
@@ -190,30 +210,31 @@ class FSDPEngine:
         temperature, 0 at t = 0 (no prediction; prompt tokens are never trained) and past the end.
         """
         assert self.model is not None
-        out = self.model(
-            input_ids=mb.input_ids, position_ids=mb.position_ids, attention_mask=mb.attention_mask, use_cache=False
-        )
-        logits = out.logits  # [R, L, V]
-        labels = mb.input_ids[:, 1:]
-        lp, ent = logprobs_and_entropy(
-            logits[:, :-1],
-            labels,
-            temperature=self.spec.temperature,
-            chunk_size=self.spec.logp_chunk_size,
-            with_entropy=with_entropy,
-        )  # [R, L-1]
+        kwargs = {} if mb.pred is None else {"logits_to_keep": mb.pred}  # logits at each token's predictor
+        out = self.model(input_ids=mb.input_ids, position_ids=mb.position_ids, attention_mask=mb.attention_mask,
+                         use_cache=False, **kwargs)
+        if mb.pred is None:
+            logits, labels = out.logits[:, :-1], mb.input_ids[:, 1:]  # [R, L-1]: position k predicts k + 1
+        else:
+            logits, labels = out.logits, mb.input_ids  # [1, L]: row k predicts token k
+        lp, ent = logprobs_and_entropy(logits, labels, temperature=self.spec.temperature,
+                                       chunk_size=self.spec.logp_chunk_size, with_entropy=with_entropy)
         return self._rows(mb, lp), (self._rows(mb, ent) if ent is not None else None)
 
     @staticmethod
     def _rows(mb: MicroBatch, values: torch.Tensor) -> torch.Tensor:
-        """Model-layout values `[R, L-1]` (shifted) → `[b, T_mb]` sequence rows, 0 at each sequence's start."""
-        flat = torch.cat([values.new_zeros(values.shape[0], 1), values], dim=1).reshape(-1)[mb.flat]  # [n]
-        flat = flat.masked_fill(mb.col == 0, 0.0)
+        """Model-layout values → `[b, T_mb]` sequence rows, 0 at each sequence's start: `[R, L-1]` shifted
+        (position k's value is for token k + 1), or `[1, L]` per token of a row with `pred`."""
+        if mb.pred is None:
+            values = torch.cat([values.new_zeros(values.shape[0], 1), values], dim=1)
+        flat = values.reshape(-1)[mb.flat].masked_fill(mb.col == 0, 0.0)  # [n]
         return flat.new_zeros(len(mb.seq_index) or 1, mb.max_len).index_put((mb.row, mb.col), flat)
 
     def _microbatch(self, batch: SeqBatch, seq_index: Sequence[int]) -> MicroBatch:
         if self.before_microbatch is not None:
             self.before_microbatch()
+        if self.shares_prompts:
+            return build_shared_row(batch, seq_index, device=self.device)
         return build_microbatch(batch, seq_index, packed=self.spec.packing, device=self.device,
                                 row_tokens=self.row_tokens)
 
@@ -279,7 +300,8 @@ class FSDPEngine:
             # A dummy's loss trains nothing but has the same statistics keys (zeros) on every rank.
             loss, stats = loss_fn(lp, ent, mb)
             mb_stats.append({**stats, "perf/real_tokens": 0.0 if mb.dummy else mb.num_real_tokens,
-                             "perf/model_tokens": 0.0 if mb.dummy else mb.num_model_tokens})
+                             "perf/model_tokens": 0.0 if mb.dummy else mb.num_model_tokens,
+                             "perf/padding_tokens": 0.0 if mb.dummy else mb.num_padding_tokens})
             (loss * self.world_size).backward()
         t1 = time.perf_counter()
         stats = aggregate_stats(mb_stats)

@@ -367,7 +367,9 @@ def _update_metrics(t: dict[str, float], n_minibatches: int, world: int) -> dict
         "train/grad_norm": t.get("train/grad_norm", 0.0) / (n_minibatches * world),
         "train/lr": t.get("train/lr", 0.0) / (n_minibatches * world),
         "train/trained_tokens": t.get("ppo/n_tokens", 0.0),
-        "perf/padding_waste": 1.0 - t.get("perf/real_tokens", 0.0) / max(t.get("perf/model_tokens", 1.0), 1.0),
+        "perf/padding_waste": t.get("perf/padding_tokens", 0.0) / max(t.get("perf/model_tokens", 1.0), 1.0),
+        # Tokens the model ran per sequence token: below 1 where a group's samples share their prompt.
+        "perf/model_tokens_per_seq_token": t.get("perf/model_tokens", 0.0) / max(t.get("perf/real_tokens", 1.0), 1.0),
         # Sequence tokens through forward + backward + optimizer, per second of the update (all ranks).
         "perf/trained_tokens_per_s": t.get("perf/real_tokens", 0.0) / max(t.get("update_s", 0.0) / world, 1e-9),
     }

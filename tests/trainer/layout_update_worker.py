@@ -78,7 +78,7 @@ def main() -> int:
             # proportional to the gradient, so a wrong loss scale cannot hide behind Adam's normalisation.
             # "<tokens>": packed, one row per micro-batch; "<tokens>r<row>": packed rows of max(<row>, longest)
             # tokens; "pad<tokens>": one padded row per sequence (all three with sdpa's block-diagonal mask);
-            # "v<tokens>": varlen attention, one row per micro-batch.
+            # "v<tokens>": varlen attention, one row per micro-batch, each group's prompt carried once.
             varlen = budget.startswith("v")
             padded = budget.removeprefix("v").startswith("pad")
             tokens, _, row = budget.removeprefix("v").removeprefix("pad").partition("r")
@@ -101,7 +101,8 @@ def main() -> int:
                 save_file(delta, os.path.join(out, f"{reduction}-{budget}-w{world}.safetensors"))
                 results[f"{reduction}-{budget}-w{world}"] = {
                     "loss": stats["ppo/loss"], "grad_norm": stats["train/grad_norm"],
-                    "padding_waste": stats["perf/padding_waste"], **{k: v for k, v in stats.items()
+                    "padding_waste": stats["perf/padding_waste"],
+                    "model_tokens_per_seq_token": stats["perf/model_tokens_per_seq_token"], **{k: v for k, v in stats.items()
                                                                       if k.startswith(("ppo/", "seq_is/"))}}
             del engine
     if rank == 0:

@@ -9,28 +9,41 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from areal_lite.trainer.attention import VARLEN, resolve_attn_impl, sequence_sizes, varlen_attention
-from areal_lite.trainer.batch import SeqBatch, build_microbatch
+from areal_lite.trainer.attention import VARLEN, resolve_attn_impl, segments, sequence_sizes, varlen_attention
+from areal_lite.trainer.batch import SeqBatch, build_microbatch, build_shared_row, pack_shared_microbatches
 
 CPU = torch.device("cpu")
 
 
-def _batch(vocab: int, lens: list[int], seed: int = 0) -> SeqBatch:
+def _batch(vocab: int, lens: list[int], seed: int = 0, groups: list[tuple[int, int]] | None = None) -> SeqBatch:
+    """Random sequences; `groups` [(group id, prompt length)] per sequence: a group's sequences share their prompt."""
     rng = np.random.default_rng(seed)
+    groups = groups or [(i, 1) for i in range(len(lens))]
+    prompts: dict[int, np.ndarray] = {}
+    ids = []
+    for n, (g, p) in zip(lens, groups):
+        prompt = prompts.setdefault(g, rng.integers(3, vocab, p))
+        ids.append(np.concatenate([prompt, rng.integers(3, vocab, n - p)]))
     n = sum(lens)
-    return SeqBatch(input_ids=rng.integers(3, vocab, n), loss_mask=np.ones(n, bool), behav_logp=np.zeros(n, np.float32),
-                    versions=np.zeros(n, np.int32), seqlens=np.asarray(lens), prompt_lens=np.ones(len(lens), np.int64),
-                    rewards=np.zeros(len(lens)), group_ids=np.zeros(len(lens), np.int64),
-                    truncated=np.zeros(len(lens), bool), prompt_ids=[""] * len(lens))
+    return SeqBatch(input_ids=np.concatenate(ids), loss_mask=np.ones(n, bool), behav_logp=np.zeros(n, np.float32),
+                    versions=np.zeros(n, np.int32), seqlens=np.asarray(lens),
+                    prompt_lens=np.asarray([p for _, p in groups], np.int64), rewards=np.zeros(len(lens)),
+                    group_ids=np.asarray([g for g, _ in groups], np.int64), truncated=np.zeros(len(lens), bool),
+                    prompt_ids=[""] * len(lens))
 
 
 def _logp_and_grads(model, mb) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Per-token log-probs of the real tokens (sequence order) and the gradient of a weighted sum of them."""
     model.zero_grad(set_to_none=True)
-    logits = model(input_ids=mb.input_ids, position_ids=mb.position_ids, attention_mask=mb.attention_mask,
-                   use_cache=False).logits
-    lp = torch.log_softmax(logits[:, :-1], -1).gather(-1, mb.input_ids[:, 1:, None])[..., 0]
-    lp = torch.cat([lp.new_zeros(lp.shape[0], 1), lp], 1).reshape(-1)[mb.flat].masked_fill(mb.col == 0, 0.0)
+    if mb.pred is None:  # as the engine: position k predicts token k + 1
+        logits = model(input_ids=mb.input_ids, position_ids=mb.position_ids, attention_mask=mb.attention_mask,
+                       use_cache=False).logits
+        lp = torch.log_softmax(logits[:, :-1], -1).gather(-1, mb.input_ids[:, 1:, None])[..., 0]
+        lp = torch.cat([lp.new_zeros(lp.shape[0], 1), lp], 1)
+    else:  # a row with shared prompts: each token's logits at its predictor
+        logits = model(input_ids=mb.input_ids, position_ids=mb.position_ids, logits_to_keep=mb.pred).logits
+        lp = torch.log_softmax(logits, -1).gather(-1, mb.input_ids[..., None])[..., 0]
+    lp = lp.reshape(-1)[mb.flat].masked_fill(mb.col == 0, 0.0)
     (lp * torch.linspace(0.5, 1.5, lp.numel())).sum().backward()
     return lp.detach(), [p.grad.clone() for p in model.parameters()]
 
@@ -69,10 +82,39 @@ def test_varlen_matches_sdpa_in_every_layout(models):
     assert not torch.allclose(leaked, varlen(input_ids=whole.input_ids, position_ids=whole.position_ids).logits)
 
 
+def test_shared_prompts_give_each_sequence_its_own_log_probs(models):
+    """A group's samples carry their prompt once (`build_shared_row`): the same log-probs and gradients as
+    every sequence alone, with fewer model tokens; a sequence whose prompt differs is not shared."""
+    torch.set_num_threads(1)
+    sdpa, varlen = models
+    lens = [20, 9, 31, 12, 25, 14, 14, 30]
+    groups = [(0, 7), (0, 7), (0, 7), (1, 12), (1, 12), (2, 5), (3, 5), (1, 12)]  # group 1: a sample with no answer
+    batch = _batch(sdpa.config.vocab_size, lens, seed=1, groups=groups)
+    seqs = list(range(len(lens)))
+    ref_lp, ref_grads = _logp_and_grads(sdpa, build_microbatch(batch, seqs, packed=True, device=CPU))
+    shared = build_shared_row(batch, seqs, device=CPU)
+    assert shared.num_model_tokens == sum(lens) - 2 * 7 - 2 * 12 and shared.num_real_tokens == sum(lens)
+    lp, grads = _logp_and_grads(varlen, shared)
+    assert torch.allclose(lp, ref_lp, atol=1e-5), float((lp - ref_lp).abs().max())
+    for g, r in zip(grads, ref_grads):
+        assert torch.allclose(g, r, atol=1e-5, rtol=1e-4), float((g - r).abs().max())
+    # Packing keeps a group's samples together and counts its prompt once against the budget.
+    mbs = pack_shared_microbatches(batch, seqs, max_tokens=60)
+    assert sorted(i for mb in mbs for i in mb) == seqs
+    for mb in mbs:
+        assert build_shared_row(batch, mb, device=CPU).num_model_tokens <= 60
+    assert any({0, 1, 2} <= set(mb) for mb in mbs)
+
+
 def test_sequence_sizes_follow_position_restarts():
     pos = torch.tensor([[0, 1, 2, 0, 1, 0], [0, 1, 2, 3, 0, 1]])
     assert sequence_sizes(pos, 2, 6) == [3, 2, 1, 4, 2]
     assert sequence_sizes(torch.arange(5)[None], 3, 5) == [5, 5, 5]  # one position row broadcast over rows
+    # Positions continuing a prompt (shared prompts) make a sequence that sees that prompt's first tokens.
+    assert segments(torch.tensor([[0, 1, 2, 3, 2, 3, 0, 1, 1]]), 1, 9) == [(0, 4, -1, 0), (4, 2, 0, 2),
+                                                                         (6, 2, -1, 0), (8, 1, 6, 1)]
+    with pytest.raises(ValueError, match="restart at 0"):
+        segments(torch.tensor([[0, 1, 5, 6]]), 1, 4)
 
 
 def test_resolve_attn_impl():

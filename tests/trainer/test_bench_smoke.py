@@ -25,9 +25,11 @@ def test_packing_benchmark_smoke(tmp_path):
     assert "padding waste" in proc.stdout and "trained tok/s" in proc.stdout
     report = json.loads(out.read_text())
     res = report["results"]
-    assert set(res) == {"packed", "packed_one_row", "padded"}
+    assert set(res) == {"packed", "packed_one_row", "padded", "varlen", "shared"}
     # One row per micro-batch has no padding; rows as long as the longest sequence pad only their tails.
-    assert res["packed_one_row"]["padding_waste"] == 0.0
+    assert res["packed_one_row"]["padding_waste"] == res["varlen"]["padding_waste"] == res["shared"]["padding_waste"] == 0
+    # Shared prompts: the model runs fewer tokens than the sequences hold; every other layout runs them all.
+    assert res["shared"]["model_tokens_per_seq_token"] < 1.0 == res["varlen"]["model_tokens_per_seq_token"]
     assert 0.0 <= res["packed"]["padding_waste"] < res["padded"]["padding_waste"] < 1.0
     assert all(r["trained_tokens_per_s"] > 0 and r["microbatches"] >= 1 for r in res.values())
     assert report["workload"]["num_seqs"] == 16 and len(report["runs"]["packed"]) == 1

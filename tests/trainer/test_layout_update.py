@@ -33,7 +33,7 @@ def _torchrun(nproc: int, model: Path, out: Path, budgets: list[str]) -> None:
 def test_update_is_layout_invariant(tiny_model_dir, tmp_path):
     # budgets: one micro-batch, one row, for everything; the same in packed rows of 40 tokens (several
     # sequences per row, row tails padded); 64 tokens (several packed micro-batches); padded rows; and
-    # varlen attention (actor.attn_impl) over several micro-batches of one row each.
+    # varlen attention (actor.attn_impl) over several micro-batches of one row each, with shared prompts.
     _torchrun(1, tiny_model_dir, tmp_path, ["100000", "100000r40", "64", "pad96", "v64"])
     _torchrun(2, tiny_model_dir, tmp_path, ["64r40", "pad128", "v64"])
     stats = {**json.loads((tmp_path / "stats-w1.json").read_text()),
@@ -71,6 +71,9 @@ def test_update_is_layout_invariant(tiny_model_dir, tmp_path):
     # Packed micro-batches carry no padding; padded rows do.
     assert stats["token_mean-64-w1"]["padding_waste"] == 0.0
     assert stats["token_mean-v64-w1"]["padding_waste"] == stats["token_mean-v64-w2"]["padding_waste"] == 0.0
+    # ... and with varlen a group's samples share their prompt: the model runs fewer tokens than the sequences hold.
+    assert stats["token_mean-v64-w1"]["model_tokens_per_seq_token"] < 0.9
+    assert stats["token_mean-100000-w1"]["model_tokens_per_seq_token"] == 1.0
     assert stats["token_mean-pad96-w1"]["padding_waste"] > 0.0
     # Packed rows pad only their tails: less waste than one padded row per sequence.
     assert 0.0 < stats["token_mean-100000r40-w1"]["padding_waste"] < stats["token_mean-pad96-w1"]["padding_waste"]
