@@ -126,6 +126,8 @@ class FSDPEngine:
         self.dist = dist_ctx
         self.device = dist_ctx.device
         self.total_optimizer_steps = max(1, total_optimizer_steps)
+        # The transformers attention implementation the model is loaded with (`actor.attn_impl`).
+        self.attn_implementation = resolve_attn_impl(spec.attn_impl, self.device)
         self.rank = dist_ctx.rank
         self.world_size = dist_ctx.world_size
         self.model: torch.nn.Module | None = None
@@ -166,11 +168,6 @@ class FSDPEngine:
             )
 
     # ------------------------------------------------------------------ layout
-
-    @property
-    def attn_implementation(self) -> str:
-        """The transformers attention implementation the model is loaded with (`actor.attn_impl`)."""
-        return resolve_attn_impl(self.spec.attn_impl, self.device)
 
     @property
     def varlen(self) -> bool:
