@@ -80,7 +80,7 @@ def test_slurm_dry_run_one_node_eight_gpus(name, tmp_path):
 def test_cpu_quickstart_config_dry_run(tmp_path):
     proc = _dry_run("areal_lite.launcher.local", "gsm8k_drgrpo_cpu.yaml", tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "launch_server" in proc.stdout and "1 server(s), 1 trainer node(s), 1 rollout worker(s)" in proc.stdout
+    assert "launch_server" in proc.stdout and "2 server(s), 1 trainer node(s), 1 rollout worker(s)" in proc.stdout
     cfg = loaded("gsm8k_drgrpo_cpu.yaml")
     assert cfg["actor.adv_norm.std_level"] == "none" and cfg["actor.loss_reduction"] == "seq_mean_token_sum_norm"
     assert cfg["prepare.model"] == "tiny" and cfg["prepare.sft.enabled"] and cfg["evaluator.freq_steps"] > 0
