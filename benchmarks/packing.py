@@ -179,8 +179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "results": summary,
         "runs": runs,
         "speedup_packed_vs_padded": summary["packed"]["trained_tokens_per_s"] / base,
-        "speedup_varlen_vs_packed": summary["varlen"]["trained_tokens_per_s"] / summary["packed"]["trained_tokens_per_s"],
-        "speedup_shared_vs_packed": summary["shared"]["trained_tokens_per_s"] / summary["packed"]["trained_tokens_per_s"],
+        **{f"speedup_{name}_vs_packed": summary[name]["trained_tokens_per_s"] / summary["packed"]["trained_tokens_per_s"]
+           for name in ("varlen", "shared")},
     }
     if args.json:
         with open(args.json, "w") as f:

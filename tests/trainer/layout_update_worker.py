@@ -102,7 +102,8 @@ def main() -> int:
                 results[f"{reduction}-{budget}-w{world}"] = {
                     "loss": stats["ppo/loss"], "grad_norm": stats["train/grad_norm"],
                     "padding_waste": stats["perf/padding_waste"],
-                    "model_tokens_per_seq_token": stats["perf/model_tokens_per_seq_token"], **{k: v for k, v in stats.items()
+                    "model_tokens_per_seq_token": stats["perf/model_tokens_per_seq_token"],
+                    **{k: v for k, v in stats.items()
                                                                       if k.startswith(("ppo/", "seq_is/"))}}
             del engine
     if rank == 0:

@@ -1,6 +1,7 @@
 """The update does not depend on the parallel layout: 1 vs 2 gloo ranks, different micro-batch budgets,
-packed vs padded micro-batches, sdpa vs varlen attention give the same parameters after one PPO step (issue 6), also with the
-statistics that need the whole minibatch (top-entropy quantile, Clip-Cov's token draw; issue 15)."""
+packed vs padded micro-batches, sdpa vs varlen attention (with shared prompts) give the same parameters
+after one PPO step (issue 6), also with the statistics that need the whole minibatch (top-entropy
+quantile, Clip-Cov's token draw; issue 15)."""
 
 from __future__ import annotations
 
