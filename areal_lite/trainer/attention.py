@@ -71,11 +71,6 @@ def segments(position_ids: torch.Tensor, rows: int, length: int) -> list[tuple[i
     return out
 
 
-def sequence_sizes(position_ids: torch.Tensor, rows: int, length: int) -> list[int]:
-    """Lengths of the sequences in `rows` rows of `length` tokens, in row-major order."""
-    return [size for _, size, _, _ in segments(position_ids, rows, length)]
-
-
 def varlen_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                      attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
                      sliding_window: int | None = None, position_ids: torch.Tensor | None = None,

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from areal_lite.trainer.attention import VARLEN, resolve_attn_impl, segments, sequence_sizes, varlen_attention
+from areal_lite.trainer.attention import VARLEN, resolve_attn_impl, segments, varlen_attention
 from areal_lite.trainer.batch import SeqBatch, build_microbatch, build_shared_row, pack_shared_microbatches
 
 CPU = torch.device("cpu")
@@ -104,6 +104,10 @@ def test_shared_prompts_give_each_sequence_its_own_log_probs(models):
     for mb in mbs:
         assert build_shared_row(batch, mb, device=CPU).num_model_tokens <= 60
     assert any({0, 1, 2} <= set(mb) for mb in mbs)
+
+
+def sequence_sizes(position_ids: torch.Tensor, rows: int, length: int) -> list[int]:
+    return [size for _, size, _, _ in segments(position_ids, rows, length)]
 
 
 def test_sequence_sizes_follow_position_restarts():
