@@ -33,7 +33,7 @@ TRAIN_PHASES = [
     ("optimizer", "phase_optimizer_s"),
     ("weight sync: write", "phase_weight_write_s"),
     ("weight sync: servers paused", "phase_weight_pause_s"),
-    ("checkpoint", "phase_checkpoint_s"),
+    ("checkpoint (saver)", "phase_save_s"),
 ]
 
 

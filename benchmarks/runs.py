@@ -259,7 +259,7 @@ def summarize(metrics: list[dict], warmup: int = 2, cpu_window: dict[str, float]
     }
     # Trainer phases, seconds per step (means over the window).
     for key in ("wait_data", "prox_logp", "advantages", "train", "weight_sync", "weight_write", "weight_pause",
-                "checkpoint"):
+                "save", "recover_checkpoint"):
         out[f"phase_{key}_s"] = total(f"time/{key}") / len(win)
     for key in ("fwd_bwd", "optimizer"):
         d = _delta(metrics, f"time/{key}_total", warmup)

@@ -38,7 +38,7 @@ from areal_lite.inference.client import InferenceClient, SamplingParams, ServerA
 from areal_lite.rollout.multi_turn import EnvWorkflow, seed_records
 from areal_lite.rollout.worker import WorkerSettings, run_worker
 from areal_lite.rollout.workflow import sampling_from_gconfig
-from areal_lite.run.checkpoint import RecoverCheckpointer, resume
+from areal_lite.run.checkpoint import RecoverCheckpointer, resume, save_recover
 from areal_lite.run.perf import perf_metrics
 from areal_lite.run.rundir import RunDir
 from areal_lite.run.schedule import Schedule
@@ -152,7 +152,7 @@ def train_main(cfg: ExperimentConfig, run_env: RunEnv) -> int:
         if evaluating and start_step == 0 else {}
     initial_eval["time/warm_start"] = t_warm
 
-    t_start, paused_s = time.monotonic(), 0.0
+    t_start, paused_s, recover_stats = time.monotonic(), 0.0, {}
     try:
         for step in range(start_step, total_steps):
             timer, t_step = Timer(), time.monotonic()
@@ -173,9 +173,7 @@ def train_main(cfg: ExperimentConfig, run_env: RunEnv) -> int:
                 paused_s += sync_stats.get("time/weight_pause", 0.0)
             source.set_version(step + 1)
             source.record_trained(step, batch)
-            with timer("checkpoint"):
-                if cfg.recover.mode != "disabled" and recover_every.due(step):
-                    checkpointer.save(trained, {"step": step, "controller": source.state_dict()}, step)
+            with timer("save"):
                 if save_every.due(step):
                     engine.save_hf(run.checkpoint_path(f"step{step + 1}"), tokenizer_path=resolved_tokenizer_path(cfg))
             with timer("eval"):
@@ -190,8 +188,12 @@ def train_main(cfg: ExperimentConfig, run_env: RunEnv) -> int:
                 **batch_metrics(seqs, step, batch.head_versions, step_time),
                 "rollout/paused_fraction": paused_s / max(time.monotonic() - t_start, 1e-9), **source.stats(),
                 **perf_metrics(engine, batch.buffered, admin, t_start, t_step + timer.times["time/wait_data"]),
-                **(threads.stats() if threads else {}),
+                **(threads.stats() if threads else {}), **recover_stats,
             })
+            # The recover checkpoint comes last: a trainer killed before it replays the step (its row
+            # is dropped on resume), one killed after it has written everything of the step. Its
+            # seconds go in the next step's row.
+            recover_stats = save_recover(cfg, checkpointer, recover_every, trained, source, step)
         if cfg.saver.save_final:
             engine.save_hf(run.checkpoint_path("final"), tokenizer_path=resolved_tokenizer_path(cfg))
     finally:

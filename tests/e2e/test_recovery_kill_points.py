@@ -22,6 +22,7 @@ import signal
 
 import pytest
 
+from areal_lite.run.checkpoint import RecoverCheckpointer
 from tests.e2e.conftest import run_dir, write_config
 from tests.reliability.audit import (
     alive,
@@ -29,6 +30,7 @@ from tests.reliability.audit import (
     assert_metrics_sound,
     epoch_config,
     launched,
+    read_jsonl,
     wait_for_ranks,
 )
 
@@ -72,6 +74,15 @@ def test_whole_trainer_job_killed(tmp_path, tiny_model_dir):
         launch.wait_for_step(rdir, 2)
         first = launch.pids["trainer"]
         procs = wait_for_ranks(first, 1)
+        # Caught the moment its checkpoint of step 3 appears (the rank stopped): that step's metrics row
+        # is already written, since a step's recover checkpoint is its last act. A row written after
+        # the checkpoint was lost to a kill in between (the resume starts one step past it).
+        checkpointer = RecoverCheckpointer(str(rdir / "recover"))
+        launch.wait_for(lambda: checkpointer.start_step() >= 4, "the checkpoint of step 3", poll=0.002)
+        procs[1].suspend()
+        written = [m["step"] for m in read_jsonl(rdir / "metrics.jsonl")]
+        assert checkpointer.start_step() - 1 in written, (checkpointer.latest(), written)
+        procs[1].resume()
         # SIGKILL to torchrun's process group, as a job's group kill or the OOM killer's group kill does:
         # the rank runs in a session of its own (torchrun's doing), so only torchrun dies, and the rank
         # lives on as an orphan holding the controller's ports unless the launcher finds it.

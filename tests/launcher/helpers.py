@@ -82,13 +82,13 @@ class Launch:
         m = re.search(r"run dir\s+(\S+)", self.output)
         return log_tails(Path(m.group(1)), lines) if m else ""
 
-    def wait_for(self, predicate, what: str, timeout: float = 240) -> None:
+    def wait_for(self, predicate, what: str, timeout: float = 240, poll: float = 0.1) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if predicate():
                 return
             assert self.proc.poll() is None, f"launcher exited ({self.proc.returncode}) before {what}:\n{self.output}"
-            time.sleep(0.1)
+            time.sleep(poll)
         raise AssertionError(f"timed out waiting for {what}:\n{self.output}")
 
     def wait_for_step(self, rdir: Path, step: int, timeout: float = 240) -> None:

@@ -237,7 +237,8 @@ def test_reward_failures_from_groups_and_rejects_are_summed_into_the_metric(cont
 
     dealer, pusher = run(scenario())
     try:
-        wait_until(lambda: ctl.stats().get("rollout/stray_rejects", 0) == 1 and ctl.stats()["rollout/accepted"] == 1)
+        # The group (PULL socket) and the rejects (ROUTER socket) may arrive in either order.
+        wait_until(lambda: [ctl.stats().get(f"rollout/{k}", 0) for k in ("stray_rejects", "accepted")] == [1, 1])
         stats = ctl.stats()
         assert stats["reward/failures"] == 3 and "rollout/reward_failures" not in stats
         assert stats["rollout/outcome_reward_failed"] == 1 and stats["rollout/rejected"] == 1
