@@ -13,7 +13,8 @@ What it runs (figures in OUT_DIR/gpu_check.json; a summary table is printed last
      pushes it in bf16 — disk, then distributed (over gloo with CUDA tensors: with one GPU the trainer
      rank and the server share the device, which NCCL refuses) — and after each sync the server's
      log-probs of its greedy continuation are compared with the trainer's for the same tokens;
-  5. trainer throughput and MFU (6·params·tokens / time / peak), with and without activation checkpointing;
+  5. trainer throughput and MFU (6·params·tokens / time / peak), with and without activation checkpointing,
+     and with the varlen attention (`actor.attn_impl=varlen`) against the device's default;
   6. a 3-step RL run through the local launcher, server and trainer colocated on the one GPU (disk weight
      sync: NCCL refuses two ranks of one group on one device).
 
@@ -223,8 +224,11 @@ def trainer_mfu(model: Path, device: str, small: bool) -> dict:
     examples = [(list(rng.integers(3, 200, 64)), list(rng.integers(3, 200, length - 64))) for _ in range(seqs)]
     batch = sft_batch(examples)
     out = {}
-    for gc in (False, True):
-        engine = FSDPEngine(EngineSpec(path=str(model), lr=1e-5, gradient_checkpointing=gc,
+    # The device's default attention (sdpa on a GPU), then with activation checkpointing, then the
+    # per-sequence varlen attention (actor.attn_impl=varlen, the CPU default) for comparison.
+    variants = (("without_gc", False, "auto"), ("with_gc", True, "auto"), ("without_gc_varlen", False, "varlen"))
+    for key, gc, attn in variants:
+        engine = FSDPEngine(EngineSpec(path=str(model), lr=1e-5, gradient_checkpointing=gc, attn_impl=attn,
                                        max_tokens_per_mb=4096 if small else 16384), d, total_optimizer_steps=10)
         engine.initialize()
         params = sum(p.numel() for p in engine.model.parameters())
@@ -245,7 +249,8 @@ def trainer_mfu(model: Path, device: str, small: bool) -> dict:
         flops = 6 * params * tokens
         name = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
         peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
-        out["with_gc" if gc else "without_gc"] = {
+        out[key] = {
+            "attn_impl": engine.attn_implementation,
             "tokens_per_s": round(tokens / dt, 1), "tflops": round(flops / dt / 1e12, 2),
             "mfu": round(flops / dt / peak, 4) if peak else None,
             "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None,

@@ -26,5 +26,6 @@ def test_gpu_check_runs_on_cpu(tmp_path):
         # fp32 serving on CPU: the server's log-probs are the trainer's
         assert sync["logp_max_abs_diff"] < 1e-3, sync
     assert report["sync"]["distributed"]["bytes"] > 0
-    for gc in ("without_gc", "with_gc"):
-        assert report["mfu"][gc]["tokens_per_s"] > 0
+    for variant in ("without_gc", "with_gc", "without_gc_varlen"):
+        assert report["mfu"][variant]["tokens_per_s"] > 0
+    assert report["mfu"]["without_gc_varlen"]["attn_impl"] == "areal_varlen"

@@ -74,3 +74,34 @@ def test_trainer_step_on_cuda_with_nccl_default_group(tiny_model_dir, tmp_path):
     assert r["grad_norm"] > 0 and r["export"] == "torch.bfloat16" and r["master"] == "torch.float32"
     assert r["device"].startswith("cuda")
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["dtype"] == "bfloat16"
+
+
+@pytest.mark.timeout(180)
+def test_varlen_attention_and_shared_prompts_match_sdpa_on_cuda(tiny_model_dir):
+    """`actor.attn_impl: varlen` (the CPU default, a GPU user's opt-in) on CUDA tensors: one row with
+    shared prompts gives every sequence the log-probs and gradients of transformers' SDPA (fp32, no TF32)."""
+    from transformers import AutoModelForCausalLM
+
+    from areal_lite.trainer.attention import VARLEN, resolve_attn_impl
+    from areal_lite.trainer.batch import build_microbatch, build_shared_row
+    from tests.trainer.test_attention import _batch, _logp_and_grads
+
+    cuda = torch.device("cuda")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    assert resolve_attn_impl("auto", cuda) == "sdpa" and resolve_attn_impl("varlen", cuda) == VARLEN
+    sdpa = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa",
+                                                dtype=torch.float32).to(cuda)
+    varlen = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation=VARLEN,
+                                                  dtype=torch.float32).to(cuda)
+    lens = [20, 9, 31, 12, 25, 14, 14, 30]
+    groups = [(0, 7), (0, 7), (0, 7), (1, 12), (1, 12), (2, 5), (3, 5), (1, 12)]
+    batch = _batch(sdpa.config.vocab_size, lens, seed=1, groups=groups)
+    seqs = list(range(len(lens)))
+    ref_lp, ref_grads = _logp_and_grads(sdpa, build_microbatch(batch, seqs, packed=True, device=cuda))
+    for name, mb in (("one row", build_microbatch(batch, seqs, packed=True, device=cuda, row_tokens=10_000)),
+                     ("shared prompts", build_shared_row(batch, seqs, device=cuda))):
+        lp, grads = _logp_and_grads(varlen, mb)
+        assert lp.is_cuda and torch.allclose(lp, ref_lp, atol=1e-4), (name, float((lp - ref_lp).abs().max()))
+        for g, r in zip(grads, ref_grads):
+            assert torch.allclose(g, r, atol=1e-4, rtol=1e-3), (name, float((g - r).abs().max()))

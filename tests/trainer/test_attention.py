@@ -44,7 +44,7 @@ def _logp_and_grads(model, mb) -> tuple[torch.Tensor, list[torch.Tensor]]:
         logits = model(input_ids=mb.input_ids, position_ids=mb.position_ids, logits_to_keep=mb.pred).logits
         lp = torch.log_softmax(logits, -1).gather(-1, mb.input_ids[..., None])[..., 0]
     lp = lp.reshape(-1)[mb.flat].masked_fill(mb.col == 0, 0.0)
-    (lp * torch.linspace(0.5, 1.5, lp.numel())).sum().backward()
+    (lp * torch.linspace(0.5, 1.5, lp.numel(), device=lp.device)).sum().backward()
     return lp.detach(), [p.grad.clone() for p in model.parameters()]
 
 
