@@ -158,15 +158,16 @@ def resume(mode: str, checkpointer: RecoverCheckpointer, engine, source, run_dir
     return start
 
 
-def save_recover(cfg, checkpointer: RecoverCheckpointer, every, engine, source, step: int) -> dict[str, float]:
-    """After step `step`'s metrics row is written: the recover checkpoint when `every` is due
-    (collective), with the controller's state. Returns `time/recover_checkpoint` (its seconds, 0 when
+def save_recover(mode: str, checkpointer: RecoverCheckpointer, every, engine, source,
+                 step: int) -> dict[str, float]:
+    """After step `step`'s metrics row is written: the recover checkpoint when `recover.mode` is not
+    disabled and `every` is due (collective), with the controller's state. Returns `time/recover_checkpoint` (its seconds, 0 when
     none was due) for the next step's row.
 
     Last in the step on purpose: `resume` starts one past the newest checkpoint and drops later rows,
     so a checkpoint written before its step's row would lose that row to a kill in between.
     """
     t0 = time.monotonic()
-    if cfg.recover.mode != "disabled" and every.due(step):
+    if mode != "disabled" and every.due(step):
         checkpointer.save(engine, {"step": step, "controller": source.state_dict()}, step)
     return {"time/recover_checkpoint": time.monotonic() - t0}

@@ -188,7 +188,7 @@ def train_main(cfg: ExperimentConfig, env: RunEnv) -> int:
             # The recover checkpoint comes last: a trainer killed before it replays the step (its row
             # is dropped on resume), one killed after it has written everything of the step. Its
             # seconds go in the next step's row.
-            recover_stats = save_recover(cfg, checkpointer, recover_every, trained, source, step)
+            recover_stats = save_recover(cfg.recover.mode, checkpointer, recover_every, trained, source, step)
         if cfg.saver.save_final:
             engine.save_hf(run.checkpoint_path("final"), tokenizer_path=resolved_tokenizer_path(cfg))
     finally:

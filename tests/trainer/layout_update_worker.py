@@ -103,8 +103,7 @@ def main() -> int:
                     "loss": stats["ppo/loss"], "grad_norm": stats["train/grad_norm"],
                     "padding_waste": stats["perf/padding_waste"],
                     "model_tokens_per_seq_token": stats["perf/model_tokens_per_seq_token"],
-                    **{k: v for k, v in stats.items()
-                                                                      if k.startswith(("ppo/", "seq_is/"))}}
+                    **{k: v for k, v in stats.items() if k.startswith(("ppo/", "seq_is/"))}}
             del engine
     if rank == 0:
         with open(os.path.join(out, f"stats-w{world}.json"), "w") as fh:
